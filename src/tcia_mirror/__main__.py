@@ -1,0 +1,3 @@
+from tcia_mirror.cli import main
+
+raise SystemExit(main())

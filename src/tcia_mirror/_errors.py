@@ -1,0 +1,117 @@
+"""The one exception tree of tcia-mirror.
+
+Split by what the caller can do about it::
+
+    TciaMirrorError                 base: catch this to catch everything we raise
+    +-- InputError                  fix the command line, a manifest, a series file (exit 2)
+    |   +-- UnknownEndpointError
+    +-- StateError                  the mirror folder or its state store (exit 2)
+    |   +-- MirrorLockedError       another process holds the mirror
+    +-- RemoteError                 the archive stopped the run (exit 3)
+    |   +-- UnreachableError        connection refused, DNS, timeouts after retries
+    |   +-- AuthError               key/token refused (401/403) or token endpoint refused
+    |   +-- NotFoundError           404
+    |   +-- BadRequestError         400 with the server's message
+    |   +-- ServerError             5xx after retries
+    |   +-- RateLimitedError        429 after retries
+    |   +-- ProtocolError           a body we cannot make sense of (HTML instead of ZIP ...)
+    +-- DataError                   what arrived is not what was promised (investigate data)
+    +-- DiskError                   local disk full / not writable
+
+Messages say what happened and what to do next. They never contain secrets: every message
+passes through :func:`redact` with the secrets the client knows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class TciaMirrorError(Exception):
+    """Base class of every error tcia-mirror raises on purpose."""
+
+    exit_code: int = 1
+
+
+class InputError(TciaMirrorError):
+    """Bad usage or bad input: fix the command, manifest or file and run again."""
+
+    exit_code = 2
+
+
+class UnknownEndpointError(InputError):
+    """The endpoint is not part of the selected API profile."""
+
+
+class StateError(TciaMirrorError):
+    """The mirror folder or its state store cannot be used as it is."""
+
+    exit_code = 2
+
+
+class MirrorLockedError(StateError):
+    """Another tcia-mirror process is working on this mirror."""
+
+
+class RemoteError(TciaMirrorError):
+    """The archive refused, failed or could not be reached."""
+
+    exit_code = 3
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class UnreachableError(RemoteError):
+    """No answer from the archive (connection refused, DNS failure, timeout)."""
+
+
+class AuthError(RemoteError):
+    """The archive refused the API key, credentials or token."""
+
+
+class NotFoundError(RemoteError):
+    """The archive answered 404."""
+
+
+class BadRequestError(RemoteError):
+    """The archive answered 400; the message is the server's own."""
+
+
+class ServerError(RemoteError):
+    """The archive answered 5xx, still after retrying."""
+
+
+class RateLimitedError(RemoteError):
+    """The archive answered 429, still after retrying."""
+
+    def __init__(
+        self, message: str, *, status: int | None = 429, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, status=status)
+        self.retry_after = retry_after
+
+
+class ProtocolError(RemoteError):
+    """The archive answered with a body we cannot interpret (e.g. HTML instead of a ZIP)."""
+
+
+class DataError(TciaMirrorError):
+    """Downloaded data does not match what the archive promised."""
+
+    exit_code = 1
+
+
+class DiskError(TciaMirrorError):
+    """The local disk refused a write (full, read-only, missing folder)."""
+
+    exit_code = 2
+
+
+def redact(text: str, secrets: Iterable[str | None]) -> str:
+    """Replace every non-trivial secret in ``text`` by ``***``."""
+    for secret in secrets:
+        if secret and len(secret) >= 3:
+            text = text.replace(secret, "***")
+    return text
