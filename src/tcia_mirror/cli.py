@@ -1,7 +1,173 @@
-"""Command line (placeholder until the client lands)."""
+"""The ``tcia-mirror`` command: a thin shell over the library.
+
+Exit codes: 0 done; 1 finished but incomplete or failing verification; 2 bad usage or input;
+3 the archive stopped the run; 130 interrupted (progress kept).
+"""
 
 from __future__ import annotations
 
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
 
-def main(argv: list[str] | None = None) -> int:
+import anyio
+
+from . import __version__
+from ._client import ArchiveClient, validate_param_pairs
+from ._errors import InputError, TciaMirrorError, redact
+from ._profiles import available_profiles
+from ._settings import client_config, resolve
+
+EXIT_INTERRUPTED = 130
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _connection_options() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("connection")
+    g.add_argument(
+        "--api",
+        metavar="PROFILE",
+        help=f"API profile: {', '.join(available_profiles())} or a .toml file (default nbia-v4)",
+    )
+    g.add_argument("--base-url", metavar="URL", help="override the profile's base URL")
+    g.add_argument("--api-key", metavar="KEY", help="API key (env TCIA_API_KEY)")
+    g.add_argument("--user", metavar="NAME", help="user for OAuth profiles (env TCIA_USER)")
+    g.add_argument("--password", metavar="PW", help="password (env TCIA_PASSWORD)")
+    g.add_argument("--token-url", metavar="URL", help="OAuth token endpoint (env TCIA_TOKEN_URL)")
+    g.add_argument("--config", metavar="FILE", help="TOML file with any of the settings above")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    conn = _connection_options()
+    parser = _Parser(
+        prog="tcia-mirror",
+        description="Mirror collections of The Cancer Imaging Archive: fast, resumable, verified.",
+    )
+    parser.add_argument("--version", action="version", version=f"tcia-mirror {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    q = sub.add_parser("query", parents=[conn], help="print the archive's answer to one endpoint")
+    q.add_argument("endpoint", metavar="ENDPOINT")
+    q.add_argument("params", nargs="*", metavar="KEY=VALUE")
+    q.add_argument("--format", choices=["json", "csv", "xml", "html"], help="response format")
+    q.add_argument("--metadata", action="store_true", help="the endpoint's /metadata description")
+    q.add_argument("-o", "--output", metavar="FILE", help="write the body to FILE (binary answers)")
+    q.set_defaults(func=_cmd_query)
+
+    s = sub.add_parser("simulate", help="run the archive simulator on loopback")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    s.add_argument("--preset", choices=["test", "demo", "bench"], default="demo")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--latency", type=float, default=0.0, help="seconds added to every request")
+    s.add_argument("--bandwidth", type=float, default=None, help="bytes/s cap per response")
+    s.add_argument("--error-rate", type=float, default=0.0, help="fraction answered 500/502/503")
+    s.add_argument("--rate-limit-rate", type=float, default=0.0, help="fraction answered 429")
+    s.add_argument("--retry-after", type=float, default=1.0, help="Retry-After seconds on 429")
+    s.add_argument("--drop-rate", type=float, default=0.0, help="fraction of images dropped mid-body")
+    s.add_argument("--truncate-rate", type=float, default=0.0, help="fraction of ZIPs cut short")
+    s.add_argument("--html-error-rate", type=float, default=0.0, help="fraction of ZIPs as HTML")
+    s.add_argument("--hostile", action="store_true", help="hostile ZIP entry names")
+    s.add_argument("--token-ttl", type=float, default=7200.0, help="OAuth token lifetime, seconds")
+    s.set_defaults(func=_cmd_simulate)
+
+    from ._commands import add_engine_commands  # noqa: PLC0415 - keeps this module small
+
+    add_engine_commands(sub, conn)
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    return resolve(vars(args))
+
+
+async def _query(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    params = validate_param_pairs(args.params)
+    cfg = client_config(settings)
+    spec = cfg.profile.endpoint(args.endpoint)  # unknown endpoint: exit 2 before any request
+    spec.wire_params(params)  # missing required parameter: exit 2 before any request
+    async with ArchiveClient(cfg) as client:
+        resp = await client.raw(spec.name, params, fmt=args.format, metadata=args.metadata)
+    body = resp.body
+    if args.output:
+        try:
+            with open(args.output, "wb") as fh:
+                fh.write(body)
+        except OSError as exc:
+            raise InputError(f"cannot write {args.output}: {exc.strerror}") from None
+        print(f"wrote {len(body)} bytes to {args.output}", file=sys.stderr)
+        return 0
+    if spec.kind != "rows" and sys.stdout.isatty():
+        raise InputError(f"{spec.name} answers binary data; use --output FILE")
+    sys.stdout.buffer.write(body)
+    if body and not body.endswith(b"\n") and spec.kind == "rows":
+        sys.stdout.buffer.write(b"\n")
+    sys.stdout.flush()
     return 0
+
+
+def _cmd_query(args: argparse.Namespace) -> int:
+    return anyio.run(_query, args)
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from .simulator import Faults, serve  # noqa: PLC0415 - the simulator is not needed otherwise
+
+    faults = Faults(
+        latency=args.latency,
+        bandwidth=args.bandwidth,
+        error_rate=args.error_rate,
+        rate_limit_rate=args.rate_limit_rate,
+        retry_after=args.retry_after,
+        drop_rate=args.drop_rate,
+        truncate_rate=args.truncate_rate,
+        html_error_rate=args.html_error_rate,
+        hostile=args.hostile,
+        seed=args.seed,
+    )
+
+    def _print(line: str) -> None:
+        print(line, flush=True)
+
+    async def _serve() -> None:
+        await serve(
+            args.preset,
+            host=args.host,
+            port=args.port,
+            seed=args.seed,
+            faults=faults,
+            token_ttl=args.token_ttl,
+            print_fn=_print,
+        )
+
+    anyio.run(_serve)
+    return 0
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    secrets = (getattr(args, "api_key", None), getattr(args, "password", None))
+    try:
+        return func(args)
+    except TciaMirrorError as exc:
+        print(f"tcia-mirror: error: {redact(str(exc), secrets)}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("tcia-mirror: interrupted; progress is kept, resume with the same command",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(argv)

@@ -1,0 +1,80 @@
+"""Connection settings: profile defaults, then a TOML config file, then environment, then flags."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from ._auth import Credentials
+from ._client import ClientConfig
+from ._errors import InputError
+from ._profiles import DEFAULT_PROFILE, load_profile
+
+ENV = {
+    "api": "TCIA_API",
+    "base_url": "TCIA_BASE_URL",
+    "api_key": "TCIA_API_KEY",
+    "user": "TCIA_USER",
+    "password": "TCIA_PASSWORD",
+    "token_url": "TCIA_TOKEN_URL",
+}
+KEYS = tuple(ENV)
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    try:
+        with p.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise InputError(f"config file not found: {p}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"config file {p} is not valid TOML: {exc}") from None
+    unknown = sorted(set(data) - set(KEYS) - {"concurrency", "mode", "layout"})
+    if unknown:
+        raise InputError(
+            f"config file {p}: unknown key(s) {', '.join(unknown)}; known: {', '.join(KEYS)}"
+        )
+    return data
+
+
+def resolve(
+    flags: Mapping[str, Any],
+    *,
+    environ: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Merge settings in order: config file < environment < flags. ``None`` means unset."""
+    env = os.environ if environ is None else environ
+    merged: dict[str, Any] = {}
+    if flags.get("config"):
+        merged.update(read_config_file(flags["config"]))
+    for key, var in ENV.items():
+        if env.get(var):
+            merged[key] = env[var]
+    for key in KEYS:
+        if flags.get(key) is not None:
+            merged[key] = flags[key]
+    return merged
+
+
+def client_config(settings: Mapping[str, Any], **overrides: Any) -> ClientConfig:
+    profile = load_profile(str(settings.get("api") or DEFAULT_PROFILE))
+    base_url = settings.get("base_url")
+    if base_url is not None and not str(base_url).startswith(("http://", "https://")):
+        raise InputError(f"--base-url must start with http:// or https://, got {base_url!r}")
+    creds = Credentials(
+        api_key=settings.get("api_key"),
+        user=settings.get("user"),
+        password=settings.get("password"),
+    )
+    cfg = ClientConfig(
+        profile=profile,
+        base_url=base_url,
+        token_url=settings.get("token_url"),
+        credentials=creds,
+    )
+    return replace(cfg, **overrides) if overrides else cfg
