@@ -449,7 +449,10 @@ class ArchiveClient:
     def image_request(self, series_uid: str, *, md5: bool = True) -> tuple[str, dict[str, str]]:
         """The endpoint and parameters that fetch a whole series as a ZIP (with MD5s if offered)."""
         if md5 and self.profile.md5_endpoint and self.profile.has(self.profile.md5_endpoint):
-            return self.profile.md5_endpoint, {"SeriesInstanceUID": series_uid}
+            return self.profile.md5_endpoint, {
+                "SeriesInstanceUID": series_uid,
+                **self.profile.md5_params,
+            }
         return "getImage", {"SeriesInstanceUID": series_uid}
 
     def single_image_request(self, series_uid: str, sop_uid: str) -> tuple[str, dict[str, str]]:

@@ -67,6 +67,7 @@ class Profile:
     metadata: bool = False
     strict_params: bool = False
     md5_endpoint: str | None = None
+    md5_params: Mapping[str, str] = field(default_factory=dict)
 
     def endpoint(self, name: str) -> EndpointSpec:
         """Look an endpoint up by its seed name or by this dialect's path name, case-insensitively."""
@@ -165,6 +166,7 @@ def load_profile(name_or_path: str = DEFAULT_PROFILE) -> Profile:
             metadata=bool(raw.get("metadata", False)),
             strict_params=bool(raw.get("strict_params", False)),
             md5_endpoint=raw.get("md5_endpoint"),
+            md5_params=dict(raw.get("md5_params", {})),
         )
     except KeyError as exc:
         raise InputError(f"API profile {name_or_path} lacks required key {exc}") from None

@@ -1,0 +1,269 @@
+"""Fetching one series (ZIP) or one instance (getSingleImage), streamed to disk, committed atomically.
+
+Every DICOM file is written to a temp name in its series folder; its header is read (pixels
+skipped) to learn its SOP Instance UID and to check it belongs to the series asked for; only
+then is it renamed to ``<SOPInstanceUID>.dcm`` and recorded in the store. ZIP entry names are
+never used as paths.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from ._atomic import AtomicWriter
+from ._client import ArchiveClient
+from ._dicomio import read_ids
+from ._errors import DataError
+from ._formats import parse_md5_csv
+from ._layout import instance_filename, sanitize_component
+from ._progress import Progress
+from ._store import StateStore
+from ._zipstream import (
+    ArchiveEnd,
+    EntryData,
+    EntryEnd,
+    EntryStart,
+    ZipLimits,
+    ZipStreamReader,
+    safe_entry_name,
+)
+
+CHUNK = 256 * 1024
+_SMALL_CAP = 16 * 2**20  # LICENSE / md5hashes.csv are small; refuse more
+
+
+@dataclass(slots=True)
+class SeriesWork:
+    """One series' bookkeeping during a run (mutable, owned by the engine)."""
+
+    uid: str
+    collection: str | None
+    rel_dir: str
+    expected: frozenset[str]  # SOP UIDs from getSOPInstanceUIDs (may be empty)
+    expected_count: int | None
+    expected_bytes: int | None
+    done: dict[str, tuple[str, int, str | None]] = field(default_factory=dict)
+    attempts: int = 0
+    stalls: int = 0
+    outstanding: int = 0
+    problems: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def missing(self) -> list[str]:
+        return sorted(self.expected - self.done.keys())
+
+    def problem(self, kind: str, expected: Any = None, found: Any = None, **extra: Any) -> None:
+        self.problems.append(
+            {"series": self.uid, "kind": kind, "expected": expected, "found": found, **extra}
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Committed:
+    sop: str
+    rel_path: str
+    size: int
+    md5: str
+
+
+class Fetcher:
+    def __init__(
+        self,
+        client: ArchiveClient,
+        store: StateStore,
+        root: Path,
+        progress: Progress,
+        *,
+        md5: bool = True,
+        fsync: bool = True,
+        limits: ZipLimits | None = None,
+    ) -> None:
+        self.client = client
+        self.store = store
+        self.root = root
+        self.progress = progress
+        self.md5 = md5
+        self.fsync = fsync
+        self.limits = limits or ZipLimits()
+        self.files_committed = 0
+
+    # -- shared ----------------------------------------------------------------------------
+    def _series_dir(self, work: SeriesWork) -> Path:
+        d = self.root / work.rel_dir
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def _finalize(
+        self, writer: AtomicWriter, work: SeriesWork, md5: str, size: int, want_sop: str | None
+    ) -> _Committed | None:
+        """Runs in a worker thread: check the header, then rename into place (or discard)."""
+        writer.flush()
+        ids = read_ids(writer.temp_path)
+        if ids is None or ids.sop_uid is None:
+            writer.abort()
+            work.problem("not_dicom", expected="DICOM", found=f"{size} bytes that are not DICOM")
+            return None
+        if ids.series_uid != work.uid:
+            writer.abort()
+            work.problem("wrong_series", expected=work.uid, found=ids.series_uid, sop=ids.sop_uid)
+            return None
+        if want_sop is not None and ids.sop_uid != want_sop:
+            writer.abort()
+            work.problem("wrong_instance", expected=want_sop, found=ids.sop_uid)
+            return None
+        if work.expected and ids.sop_uid not in work.expected:
+            writer.abort()
+            work.problem("unexpected_instance", expected=None, found=ids.sop_uid)
+            return None
+        if ids.sop_uid in work.done:
+            writer.abort()  # already committed: the file on disk stays as it is
+            return None
+        name = instance_filename(ids.sop_uid)
+        writer.commit(self.root / work.rel_dir / name)
+        return _Committed(ids.sop_uid, f"{work.rel_dir}/{name}", size, md5)
+
+    def _record(self, work: SeriesWork, c: _Committed) -> None:
+        self.store.commit_instances(work.uid, [(c.sop, c.rel_path, c.size, c.md5)])
+        work.done[c.sop] = (c.rel_path, c.size, c.md5)
+        self.files_committed += 1
+
+    def _write_license(self, work: SeriesWork, text: bytes) -> None:
+        folder = self.root / sanitize_component(work.collection or "unknown-collection")
+        folder.mkdir(parents=True, exist_ok=True)
+        dest = folder / "LICENSE"
+        try:
+            if dest.read_bytes() == text:
+                return
+        except OSError:
+            pass
+        with AtomicWriter(dest, fsync=self.fsync) as w:
+            w.write(text)
+            w.commit()
+
+    # -- ZIP -------------------------------------------------------------------------------
+    async def fetch_zip(self, work: SeriesWork) -> int:
+        """Fetch the series ZIP; commit every complete entry. Returns files newly committed.
+
+        Raises on a broken stream (after committing what was complete) so the engine retries.
+        """
+        endpoint, params = self.client.image_request(work.uid, md5=self.md5)
+        series_dir = self._series_dir(work)
+        reader = ZipStreamReader(self.limits)
+        kind = ""
+        name = ""
+        writer: AtomicWriter | None = None
+        digest: Any = None
+        small = bytearray()
+        by_name: dict[str, _Committed] = {}
+        archive_md5: dict[str, str] | None = None
+        ended = False
+        rejected: list[str] = []
+        before = len(work.done)
+        try:
+            async with self.client.open(endpoint, params) as resp:
+                async for chunk in resp.content.iter_chunked(CHUNK):
+                    self.progress.on_bytes(len(chunk))
+                    for ev in reader.feed(chunk):
+                        if isinstance(ev, EntryData):
+                            if kind == "dicom":
+                                assert writer is not None
+                                writer.write(ev.data)
+                                digest.update(ev.data)
+                            elif kind in ("license", "md5"):
+                                small += ev.data
+                                if len(small) > _SMALL_CAP:
+                                    raise DataError(f"ZIP entry {name!r} is implausibly large")
+                        elif isinstance(ev, EntryStart):
+                            name = ev.name
+                            base = safe_entry_name(ev.name)
+                            small.clear()
+                            if base is None:
+                                kind = "rejected"
+                                rejected.append(ev.name)
+                            elif base.upper() == "LICENSE":
+                                kind = "license"
+                            elif base.lower() == "md5hashes.csv":
+                                kind = "md5"
+                            else:
+                                kind = "dicom"
+                                writer = AtomicWriter(
+                                    series_dir / f"entry-{ev.index:08d}.dcm", fsync=self.fsync
+                                )
+                                digest = hashlib.md5(usedforsecurity=False)
+                        elif isinstance(ev, EntryEnd):
+                            if kind == "dicom":
+                                assert writer is not None
+                                w, writer = writer, None
+                                if not ev.crc_ok:
+                                    w.abort()
+                                    work.problem("crc_mismatch", found=name)
+                                else:
+                                    c = await anyio.to_thread.run_sync(
+                                        self._finalize, w, work, digest.hexdigest(), ev.size, None
+                                    )
+                                    if c is not None:
+                                        self._record(work, c)
+                                        by_name[name] = c
+                            elif kind == "license" and ev.crc_ok:
+                                await anyio.to_thread.run_sync(
+                                    self._write_license, work, bytes(small)
+                                )
+                            elif kind == "md5" and ev.crc_ok:
+                                archive_md5 = parse_md5_csv(bytes(small))
+                            kind = ""
+                        elif isinstance(ev, ArchiveEnd):
+                            ended = True
+                reader.close()
+        finally:
+            if writer is not None:
+                writer.abort()
+        if rejected:
+            work.notes.append(f"rejected {len(rejected)} ZIP entr(ies) with unsafe names")
+            work.problem("unsafe_entry_names", found=rejected[:5])
+        if archive_md5 is not None:
+            await self._check_md5(work, by_name, archive_md5)
+        if not ended:
+            raise DataError("the ZIP ended before its central directory (truncated)")
+        return len(work.done) - before
+
+    async def _check_md5(
+        self, work: SeriesWork, by_name: dict[str, _Committed], archive_md5: dict[str, str]
+    ) -> None:
+        bad = [c for n, c in by_name.items() if n in archive_md5 and archive_md5[n] != c.md5]
+        for c in bad:
+            work.problem("md5_mismatch", expected=archive_md5, found=c.md5, sop=c.sop)
+            (self.root / c.rel_path).unlink(missing_ok=True)
+            work.done.pop(c.sop, None)
+        if bad:
+            self.store.uncommit_instances(work.uid, [c.sop for c in bad])
+
+    # -- single instances --------------------------------------------------------------------
+    async def fetch_single(self, work: SeriesWork, sop: str) -> bool:
+        """Fetch one instance with getSingleImage. True when it was committed."""
+        endpoint, params = self.client.single_image_request(work.uid, sop)
+        series_dir = self._series_dir(work)
+        writer = AtomicWriter(series_dir / instance_filename(sop), fsync=self.fsync)
+        digest = hashlib.md5(usedforsecurity=False)
+        size = 0
+        try:
+            async with self.client.open(endpoint, params) as resp:
+                async for chunk in resp.content.iter_chunked(CHUNK):
+                    self.progress.on_bytes(len(chunk))
+                    writer.write(chunk)
+                    digest.update(chunk)
+                    size += len(chunk)
+            c = await anyio.to_thread.run_sync(
+                self._finalize, writer, work, digest.hexdigest(), size, sop
+            )
+        except BaseException:
+            writer.abort()
+            raise
+        if c is None:
+            return False
+        self._record(work, c)
+        return True

@@ -1,0 +1,62 @@
+"""Shared test helpers: a simulator on an ephemeral loopback port and mirror comparisons."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from tcia_mirror._client import ClientConfig
+from tcia_mirror._profiles import load_profile
+from tcia_mirror._retry import RetryPolicy
+from tcia_mirror.simulator import Dataset, DatasetSpec, Faults, Simulator
+
+
+@asynccontextmanager
+async def running_sim(
+    preset: str = "test", *, faults: Faults | None = None, seed: int = 0, **kw: object
+) -> AsyncIterator[Simulator]:
+    sim = Simulator(Dataset(DatasetSpec.preset(preset, seed=seed)), faults=faults, **kw)  # type: ignore[arg-type]
+    async with sim:
+        yield sim
+
+
+def config_for(sim: Simulator, profile: str = "nbia-v4", **kw: object) -> ClientConfig:
+    return ClientConfig(
+        profile=load_profile(profile),
+        base_url=sim.base_url(profile),
+        retry=RetryPolicy(attempts=6, base=0.01, cap=0.05, jitter=0.0, max_retry_after=0.05),
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def dicom_files(root: Path) -> dict[str, bytes]:
+    """SOP file name -> bytes for every committed .dcm under root (temp files excluded)."""
+    return {
+        p.name: p.read_bytes()
+        for p in root.rglob("*.dcm")
+        if ".tcia-mirror" not in p.parts and not p.name.startswith(".")
+    }
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.md5(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*.dcm"))
+    }
+
+
+def ground_truth_files(sim: Simulator, series: list[str] | None = None) -> dict[str, bytes]:
+    truth = sim.dataset.ground_truth()
+    out: dict[str, bytes] = {}
+    for suid, sops in truth.items():
+        if series is not None and suid not in series:
+            continue
+        for sop, data in sops.items():
+            out[f"{sop}.dcm"] = data
+    return out
+
+
+def temp_files(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*.part")]
