@@ -1,4 +1,4 @@
-"""Query bodies in both directions: exact server shapes, liberal parsing, render -> parse round trips.
+"""Query bodies both ways: exact server shapes, liberal parsing, render -> parse round trips.
 
 Empty and whitespace-only strings (the behaviour pinned here):
 
@@ -37,12 +37,32 @@ SAMPLE_NAME = "nbia_v2_getSeries_Soft-tissue-Sarcoma_first3_compact.json"
 SHARED_SAMPLE = Path("/work/shared/reference/samples") / SAMPLE_NAME
 SAMPLE_JSON = SHARED_SAMPLE if SHARED_SAMPLE.exists() else HERE / "data" / SAMPLE_NAME
 
-V2_SERIES_COLUMNS = (
-    "SeriesInstanceUID, StudyInstanceUID, Modality, ProtocolName, SeriesDate, SeriesDescription, "
-    "BodyPartExamined, SeriesNumber, AnnotationsFlag, Collection, PatientID, Manufacturer, "
-    "ManufacturerModelName, SoftwareVersions, ImageCount, TimeStamp, LicenseName, LicenseURI, "
-    "CollectionURI, FileSize, DateReleased, StudyDesc, StudyDate, ThirdPartyAnalysis"
-).split(", ")
+V2_SERIES_COLUMNS = [
+    "SeriesInstanceUID",
+    "StudyInstanceUID",
+    "Modality",
+    "ProtocolName",
+    "SeriesDate",
+    "SeriesDescription",
+    "BodyPartExamined",
+    "SeriesNumber",
+    "AnnotationsFlag",
+    "Collection",
+    "PatientID",
+    "Manufacturer",
+    "ManufacturerModelName",
+    "SoftwareVersions",
+    "ImageCount",
+    "TimeStamp",
+    "LicenseName",
+    "LicenseURI",
+    "CollectionURI",
+    "FileSize",
+    "DateReleased",
+    "StudyDesc",
+    "StudyDate",
+    "ThirdPartyAnalysis",
+]
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -250,9 +270,7 @@ def test_json_keeps_non_ascii_as_utf8() -> None:
 def test_multi_column_csv_exact() -> None:
     rows = [{"SeriesInstanceUID": "1.2.3", "Modality": 'M"R', "ProtocolName": None, "N": 2}]
     body, content_type = render(rows, ["SeriesInstanceUID", "Modality", "ProtocolName", "N"], "csv")
-    assert body == (
-        b'"SeriesInstanceUID","Modality","ProtocolName","N"\n"1.2.3","M""R","","2"\n'
-    )
+    assert body == (b'"SeriesInstanceUID","Modality","ProtocolName","N"\n"1.2.3","M""R","","2"\n')
     assert content_type == "text/csv"
 
 
@@ -534,7 +552,8 @@ def test_html_liberal_table() -> None:
     body = (
         b"<!DOCTYPE html><html><body><p>Results</p>\n<table border='1'>\n"
         b"<tr><th>Collection</th><th>Series&nbsp;Count</th><th>URI</th></tr>\n"
-        b"<tr><td>4D-Lung</td><td>&nbsp;</td><td><a href='x'>http&#x3a;&#x2f;&#x2f;x</a></td></tr>\n"
+        b"<tr><td>4D-Lung</td><td>&nbsp;</td>"
+        b"<td><a href='x'>http&#x3a;&#x2f;&#x2f;x</a></td></tr>\n"
         b"<tr><td>A &amp; B</td><td>2</td></tr>\n"
         b"</table><table><tr><th>other</th></tr></table></body></html>"
     )
