@@ -55,6 +55,15 @@ def test_write_commit(tmp_path: Path) -> None:
     assert leftovers(dest.parent) == []
 
 
+def test_commit_to_a_name_learned_from_the_content(tmp_path: Path) -> None:
+    with AtomicWriter(tmp_path / "entry-00000001.dcm") as w:
+        w.write(b"DICM")
+        w.commit(tmp_path / "1.2.3.dcm")
+    assert (tmp_path / "1.2.3.dcm").read_bytes() == b"DICM"
+    assert w.dest == tmp_path / "1.2.3.dcm"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["1.2.3.dcm"]
+
+
 def test_temp_names_are_unique(tmp_path: Path) -> None:
     a, b = AtomicWriter(tmp_path / "x"), AtomicWriter(tmp_path / "x")
     try:
@@ -123,9 +132,10 @@ def test_enospc_message_names_mirror(tmp_path: Path) -> None:
     ],
 )
 def test_other_write_errors(tmp_path: Path, code: int, words: str) -> None:
-    with pytest.raises(DiskError, match=words), AtomicWriter(
-        tmp_path / "a", opener=failing_opener(0, code)
-    ) as w:
+    with (
+        pytest.raises(DiskError, match=words),
+        AtomicWriter(tmp_path / "a", opener=failing_opener(0, code)) as w,
+    ):
         w.write(b"x")
     assert leftovers(tmp_path) == []
 

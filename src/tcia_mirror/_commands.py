@@ -94,7 +94,8 @@ def _progress(args: argparse.Namespace) -> Progress:
     from ._tqdm import LineProgress, TqdmProgress  # noqa: PLC0415
 
     if getattr(args, "no_progress", False) or not sys.stderr.isatty():
-        return LineProgress(quiet=getattr(args, "json", False))
+        # cron-friendly: no chatter; the outcome is the one summary line on stdout
+        return LineProgress(quiet=True)
     return TqdmProgress()
 
 

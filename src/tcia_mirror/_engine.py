@@ -36,7 +36,7 @@ from ._errors import (
 )
 from ._fetcher import Fetcher, SeriesWork
 from ._layout import Layout
-from ._planner import PlanResult, make_plan
+from ._planner import PlanResult, _one_error, make_plan
 from ._progress import NullProgress, Progress
 from ._retry import Sleep, real_sleep
 from ._selection import Selection
@@ -471,7 +471,7 @@ class Mirror:
                     queue.done(follow)
 
         try:
-            async with anyio.create_task_group() as tg:
+            async with _one_error(), anyio.create_task_group() as tg:
                 for _ in range(opts.concurrency):
                     tg.start_soon(worker)
         finally:
@@ -538,7 +538,7 @@ class Mirror:
                     lambda: check_series(self.root, s, insts, deep=deep), limiter=limiter
                 )
 
-            async with anyio.create_task_group() as tg:
+            async with _one_error(), anyio.create_task_group() as tg:
                 for s in states:
                     tg.start_soon(one, s)
             problems: list[dict[str, Any]] = []

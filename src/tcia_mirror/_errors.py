@@ -115,3 +115,22 @@ def redact(text: str, secrets: Iterable[str | None]) -> str:
         if secret and len(secret) >= 3:
             text = text.replace(secret, "***")
     return text
+
+
+def first_error(group: BaseExceptionGroup) -> BaseException:  # type: ignore[type-arg]
+    """The exception to report from a task group's exception group: our own errors first."""
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        else:
+            leaves.append(exc)
+
+    walk(group)
+    for kind in (TciaMirrorError, KeyboardInterrupt, Exception):
+        for leaf in leaves:
+            if isinstance(leaf, kind):
+                return leaf
+    return leaves[0] if leaves else group

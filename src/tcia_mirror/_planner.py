@@ -6,13 +6,15 @@ series. The result is plain data; recording it is the store's job.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import anyio
 
 from ._client import ArchiveClient
+from ._errors import first_error
 from ._models import Series
 from ._selection import Selection
 from ._store import SeriesPlan, SeriesState
@@ -47,10 +49,19 @@ async def bounded_gather(
         async with limiter:
             results[i] = await make()
 
-    async with anyio.create_task_group() as tg:
+    async with _one_error(), anyio.create_task_group() as tg:
         for i, make in enumerate(factories):
             tg.start_soon(run, i, make)
     return results
+
+
+@asynccontextmanager
+async def _one_error() -> AsyncIterator[None]:
+    """Report a task group's first real error, not the group."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        raise first_error(group) from None
 
 
 def series_fields(s: Series) -> dict[str, Any]:
@@ -161,8 +172,8 @@ async def make_plan(
             todo.append(s)
 
     async def details(s: Series) -> SeriesPlan:
-        async with anyio.create_task_group() as tg:
-            out: dict[str, Any] = {}
+        out: dict[str, Any] = {}
+        async with _one_error(), anyio.create_task_group() as tg:
 
             async def size() -> None:
                 out["size"] = await client.series_size(s.series_instance_uid)

@@ -13,6 +13,7 @@ from ._auth import Credentials
 from ._client import ClientConfig
 from ._errors import InputError
 from ._profiles import DEFAULT_PROFILE, load_profile
+from ._retry import RetryPolicy
 
 ENV = {
     "api": "TCIA_API",
@@ -21,6 +22,7 @@ ENV = {
     "user": "TCIA_USER",
     "password": "TCIA_PASSWORD",
     "token_url": "TCIA_TOKEN_URL",
+    "retries": "TCIA_RETRIES",
 }
 KEYS = tuple(ENV)
 
@@ -71,7 +73,17 @@ def client_config(settings: Mapping[str, Any], **overrides: Any) -> ClientConfig
         user=settings.get("user"),
         password=settings.get("password"),
     )
+    retry = RetryPolicy()
+    if settings.get("retries") is not None:
+        try:
+            attempts = int(settings["retries"])
+        except (TypeError, ValueError):
+            raise InputError(f"retries must be a whole number, got {settings['retries']!r}") from None
+        if attempts < 1:
+            raise InputError("retries must be at least 1")
+        retry = replace(retry, attempts=attempts)
     cfg = ClientConfig(
+        retry=retry,
         profile=profile,
         base_url=base_url,
         token_url=settings.get("token_url"),

@@ -15,7 +15,7 @@ import anyio
 
 from . import __version__
 from ._client import ArchiveClient, validate_param_pairs
-from ._errors import InputError, TciaMirrorError, redact
+from ._errors import InputError, TciaMirrorError, first_error, redact
 from ._profiles import available_profiles
 from ._settings import client_config, resolve
 
@@ -40,6 +40,12 @@ def _connection_options() -> argparse.ArgumentParser:
     g.add_argument("--user", metavar="NAME", help="user for OAuth profiles (env TCIA_USER)")
     g.add_argument("--password", metavar="PW", help="password (env TCIA_PASSWORD)")
     g.add_argument("--token-url", metavar="URL", help="OAuth token endpoint (env TCIA_TOKEN_URL)")
+    g.add_argument(
+        "--retries",
+        type=int,
+        metavar="N",
+        help="tries per request before giving up (default 6; env TCIA_RETRIES)",
+    )
     g.add_argument("--config", metavar="FILE", help="TOML file with any of the settings above")
     return p
 
@@ -159,7 +165,10 @@ def run(argv: Sequence[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     secrets = (getattr(args, "api_key", None), getattr(args, "password", None))
     try:
-        return func(args)
+        try:
+            return func(args)
+        except BaseExceptionGroup as group:
+            raise first_error(group) from None
     except TciaMirrorError as exc:
         print(f"tcia-mirror: error: {redact(str(exc), secrets)}", file=sys.stderr)
         return exc.exit_code
