@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.stamp-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install test demo check lint format bench soak clean
+.PHONY: install test demo check lint format bench bench-smoke soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,19 @@ check: $(STAMP)
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix src tests benchmarks
 	$(VENV)/bin/ruff format src tests benchmarks
+
+bench:
+	sh benchmarks/setup.sh
+	benchmarks/.venv/bin/python benchmarks/run.py
+
+bench-smoke: $(STAMP)
+	$(PY) benchmarks/run.py --smoke --repeats 1 --results benchmarks/results/smoke
+
+# Not part of `make test`: ~50 kill -9 cycles under mixed faults on CT-sized data, then the
+# engine state machine with 100 fresh random examples (a few minutes in all).
+soak: $(STAMP)
+	$(PY) tests/soak.py --kills 50
+	TCIA_STATEFUL_EXAMPLES=100 $(PY) -m pytest -q -p no:cacheprovider tests/test_engine_stateful.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -60,3 +62,38 @@ def ground_truth_files(sim: Simulator, series: list[str] | None = None) -> dict[
 
 def temp_files(root: Path) -> list[Path]:
     return [p for p in root.rglob("*.part")]
+
+
+class SimInThread:
+    """A simulator on its own event loop in a background thread (for blocking callers)."""
+
+    def __init__(self, preset: str = "test", faults: Faults | None = None, **kw: object) -> None:
+        self.sim = Simulator(Dataset(DatasetSpec.preset(preset)), faults=faults, **kw)  # type: ignore[arg-type]
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._main, daemon=True)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+
+    def _main(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+
+        async def run() -> None:
+            self._stop = asyncio.Event()
+            async with self.sim:
+                self._ready.set()
+                await self._stop.wait()
+
+        loop.run_until_complete(run())
+        loop.close()
+
+    def __enter__(self) -> Simulator:
+        self._thread.start()
+        if not self._ready.wait(20):
+            raise RuntimeError("simulator did not start")
+        return self.sim
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._loop is not None and self._stop is not None
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(20)

@@ -6,50 +6,19 @@ import json
 import os
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tcia_mirror.simulator import Dataset, DatasetSpec, Simulator
+from helpers import SimInThread
+from tcia_mirror.simulator import Simulator
 
 
 @pytest.fixture
 def sim() -> Iterator[Simulator]:
-    holder = _Holder()
-    with holder as s:
+    with SimInThread() as s:
         yield s
-
-
-class _Holder:
-    def __init__(self, preset: str = "test") -> None:
-        self.sim = Simulator(Dataset(DatasetSpec.preset(preset)))
-        self.ready = threading.Event()
-        self.thread = threading.Thread(target=self._main, daemon=True)
-
-    def _main(self) -> None:
-        import asyncio
-
-        self.loop = asyncio.new_event_loop()
-        self.stop = asyncio.Event()
-
-        async def run() -> None:
-            async with self.sim:
-                self.ready.set()
-                await self.stop.wait()
-
-        self.loop.run_until_complete(run())
-        self.loop.close()
-
-    def __enter__(self) -> Simulator:
-        self.thread.start()
-        assert self.ready.wait(10)
-        return self.sim
-
-    def __exit__(self, *exc: object) -> None:
-        self.loop.call_soon_threadsafe(self.stop.set)
-        self.thread.join(10)
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -84,8 +53,15 @@ def test_query_prints_body_in_each_format(sim: Simulator) -> None:
     csv_out = cli("query", "getCollectionValues", "--format", "csv", "--base-url", base)
     assert csv_out.stdout.splitlines()[0] == "Collection"
     v3 = cli(
-        "query", "getPatientStudy", "--metadata", "--api", "tcia-v3",
-        "--base-url", sim.base_url("tcia-v3"), "--api-key", "sim-key",
+        "query",
+        "getPatientStudy",
+        "--metadata",
+        "--api",
+        "tcia-v3",
+        "--base-url",
+        sim.base_url("tcia-v3"),
+        "--api-key",
+        "sim-key",
     )
     assert v3.returncode == 0 and "PatientID" in v3.stdout
 
@@ -102,14 +78,24 @@ def test_query_bad_input_exits_2(sim: Simulator) -> None:
 def test_refused_key_and_unreachable_exit_3(sim: Simulator) -> None:
     secret = "top-secret-key-123"
     proc = cli(
-        "query", "getCollectionValues", "--api", "tcia-v3",
-        "--base-url", sim.base_url("tcia-v3"), "--api-key", secret,
+        "query",
+        "getCollectionValues",
+        "--api",
+        "tcia-v3",
+        "--base-url",
+        sim.base_url("tcia-v3"),
+        "--api-key",
+        secret,
     )
     assert_clean_error(proc, 3)
     assert secret not in proc.stderr + proc.stdout
     proc = cli(
-        "query", "getCollectionValues", "--retries", "2",
-        "--base-url", "http://127.0.0.1:9/nbia-api/services/v4",
+        "query",
+        "getCollectionValues",
+        "--retries",
+        "2",
+        "--base-url",
+        "http://127.0.0.1:9/nbia-api/services/v4",
     )
     assert_clean_error(proc, 3)
 
@@ -118,7 +104,9 @@ def test_download_status_verify_json(sim: Simulator, tmp_path: Path) -> None:
     base = sim.base_url("nbia-v4")
     s = sim.dataset.series[0]
     out = tmp_path / "m"
-    proc = cli("download", "--series", s.series_uid, "--out", str(out), "--base-url", base, "--no-progress")
+    proc = cli(
+        "download", "--series", s.series_uid, "--out", str(out), "--base-url", base, "--no-progress"
+    )
     assert proc.returncode == 0, proc.stderr
     assert "1/1 series complete" in proc.stdout
     st = json.loads(cli("status", "--out", str(out), "--json").stdout)
@@ -138,8 +126,21 @@ def test_download_status_verify_json(sim: Simulator, tmp_path: Path) -> None:
 def test_download_bad_input_exits_2_without_traceback(sim: Simulator, tmp_path: Path) -> None:
     base = sim.base_url("nbia-v4")
     assert_clean_error(cli("download", "--out", str(tmp_path / "a"), "--base-url", base), 2)
-    assert_clean_error(cli("download", "--series", "../etc", "--out", str(tmp_path / "b"), "--base-url", base), 2)
-    assert_clean_error(cli("download", "--manifest", str(tmp_path / "nope.tcia"), "--out", str(tmp_path / "c"), "--base-url", base), 2)
+    assert_clean_error(
+        cli("download", "--series", "../etc", "--out", str(tmp_path / "b"), "--base-url", base), 2
+    )
+    assert_clean_error(
+        cli(
+            "download",
+            "--manifest",
+            str(tmp_path / "nope.tcia"),
+            "--out",
+            str(tmp_path / "c"),
+            "--base-url",
+            base,
+        ),
+        2,
+    )
     assert_clean_error(cli("resume", "--out", str(tmp_path / "never")), 2)
     assert_clean_error(cli("sync", "--out", str(tmp_path / "never"), "--since", "yesterday"), 2)
     f = tmp_path / "file"
@@ -149,8 +150,15 @@ def test_download_bad_input_exits_2_without_traceback(sim: Simulator, tmp_path: 
 
 def test_unknown_collection_and_unreachable_download(sim: Simulator, tmp_path: Path) -> None:
     proc = cli(
-        "download", "--collection", "NOPE", "--out", str(tmp_path / "x"),
-        "--base-url", "http://127.0.0.1:9/nbia-api/services/v4", "--no-progress",
-        "--retries", "2",
+        "download",
+        "--collection",
+        "NOPE",
+        "--out",
+        str(tmp_path / "x"),
+        "--base-url",
+        "http://127.0.0.1:9/nbia-api/services/v4",
+        "--no-progress",
+        "--retries",
+        "2",
     )
     assert_clean_error(proc, 3)

@@ -26,7 +26,9 @@ pytestmark = pytest.mark.anyio
 
 
 @asynccontextmanager
-async def scripted(responses: list[Callable[[web.Request], web.StreamResponse]]) -> AsyncIterator[tuple[str, list[web.Request]]]:
+async def scripted(
+    responses: list[Callable[[web.Request], web.StreamResponse]],
+) -> AsyncIterator[tuple[str, list[web.Request]]]:
     """Serve the given handlers in order, one per request, for any path."""
     seen: list[web.Request] = []
 
@@ -60,7 +62,9 @@ def ok_json(body: str = '[{"Collection":"A"}]') -> Callable[[web.Request], web.R
     return lambda r: web.Response(body=body.encode(), content_type="application/json")
 
 
-def status(code: int, body: str = "", headers: dict[str, str] | None = None) -> Callable[[web.Request], web.Response]:
+def status(
+    code: int, body: str = "", headers: dict[str, str] | None = None
+) -> Callable[[web.Request], web.Response]:
     return lambda r: web.Response(status=code, text=body, headers=headers)
 
 
@@ -91,7 +95,10 @@ async def test_retry_after_is_honoured_exactly() -> None:
 
 async def test_gives_up_after_attempts_with_typed_error() -> None:
     sleep = FakeSleep()
-    async with scripted([status(500, "Server was not able to process your request")]) as (url, seen):
+    async with scripted([status(500, "Server was not able to process your request")]) as (
+        url,
+        seen,
+    ):
         async with client_for(url, sleep) as client:
             with pytest.raises(ServerError, match="HTTP 500"):
                 await client.collections()
@@ -117,7 +124,9 @@ async def test_429_lowers_concurrency_then_recovers() -> None:
 )
 async def test_non_retryable_statuses_fail_at_once(code: int, exc: type[Exception]) -> None:
     sleep = FakeSleep()
-    async with scripted([status(code, "A parameter, Collection is required for this API call.")]) as (url, seen):
+    async with scripted(
+        [status(code, "A parameter, Collection is required for this API call.")]
+    ) as (url, seen):
         async with client_for(url, sleep) as client:
             with pytest.raises(exc):
                 await client.collections()
@@ -163,7 +172,9 @@ async def test_api_key_header_and_query_never_in_errors() -> None:
 
 
 def test_error_for_status_messages_are_one_line() -> None:
-    err = error_for_status(400, b"Invalid query parameter: 'x'.\nAllowed parameters are: [a]", "getSeries")
+    err = error_for_status(
+        400, b"Invalid query parameter: 'x'.\nAllowed parameters are: [a]", "getSeries"
+    )
     assert isinstance(err, BadRequestError)
     assert "\n" not in str(err) and "Invalid query parameter" in str(err)
     assert isinstance(error_for_status(429, b"", "getImage", retry_after=3.0), RateLimitedError)

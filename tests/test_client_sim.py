@@ -6,12 +6,11 @@ import datetime
 
 import pytest
 
+from helpers import config_for, running_sim
 from tcia_mirror._auth import Credentials
 from tcia_mirror._client import ArchiveClient
 from tcia_mirror._errors import AuthError, BadRequestError
 from tcia_mirror._formats import parse_rows
-
-from helpers import config_for, running_sim
 
 pytestmark = pytest.mark.anyio
 
@@ -115,7 +114,9 @@ async def test_v2_token_is_refreshed_after_expiry() -> None:
     import anyio
 
     async with running_sim(token_ttl=1.0) as sim:
-        cfg = config_for(sim, "nbia-v2", credentials=Credentials(user="alice", password="wonderland"))
+        cfg = config_for(
+            sim, "nbia-v2", credentials=Credentials(user="alice", password="wonderland")
+        )
         async with ArchiveClient(cfg) as c:
             assert await c.collections()
             assert c._tokens is not None and c._tokens.grants == 1
@@ -133,7 +134,6 @@ async def test_v2_token_is_refreshed_after_expiry() -> None:
 
 
 async def test_v4_strict_parameters_are_reported() -> None:
-    async with running_sim() as sim:
-        async with ArchiveClient(config_for(sim, "nbia-v4")) as c:
-            with pytest.raises(BadRequestError, match="Invalid query parameter"):
-                await c.raw("getSeries", {"Bogus": "1"})
+    async with running_sim() as sim, ArchiveClient(config_for(sim, "nbia-v4")) as c:
+        with pytest.raises(BadRequestError, match="Invalid query parameter"):
+            await c.raw("getSeries", {"Bogus": "1"})

@@ -7,14 +7,20 @@ from pathlib import Path
 
 import pytest
 
+from helpers import (
+    config_for,
+    dicom_files,
+    ground_truth_files,
+    running_sim,
+    temp_files,
+    tree_digest,
+)
 from tcia_mirror._engine import DownloadOptions, Mirror
 from tcia_mirror._errors import InputError, MirrorLockedError
 from tcia_mirror._manifest import render_manifest
 from tcia_mirror._progress import RecordingProgress
 from tcia_mirror._selection import Selection, build_selection
 from tcia_mirror._store import StateStore
-
-from helpers import config_for, dicom_files, ground_truth_files, running_sim, temp_files, tree_digest
 
 pytestmark = pytest.mark.anyio
 
@@ -71,7 +77,9 @@ async def test_shared_list_selection(tmp_path: Path) -> None:
 async def test_real_format_manifest_with_stray_line(tmp_path: Path) -> None:
     async with running_sim() as sim:
         uids = [s.series_uid for s in sim.dataset.series[:3]]
-        text = render_manifest(uids).replace("ListOfSeriesToDownload=\n", "ListOfSeriesToDownload=\nSeries ID\n")
+        text = render_manifest(uids).replace(
+            "ListOfSeriesToDownload=\n", "ListOfSeriesToDownload=\nSeries ID\n"
+        )
         manifest = tmp_path / "manifest-1.tcia"
         manifest.write_text(text.replace("\n", "\r\n"))
         selection = build_selection(manifests=[str(manifest)])
@@ -145,7 +153,9 @@ async def test_second_process_is_refused_while_the_mirror_is_locked(tmp_path: Pa
     import sys
 
     async with running_sim() as sim:
-        await Mirror(tmp_path, config_for(sim)).plan(Selection(series=(sim.dataset.series[0].series_uid,)))
+        await Mirror(tmp_path, config_for(sim)).plan(
+            Selection(series=(sim.dataset.series[0].series_uid,))
+        )
         holder = subprocess.Popen(
             [
                 sys.executable,
@@ -195,6 +205,10 @@ async def test_status_counts(tmp_path: Path) -> None:
         await Mirror(tmp_path, config_for(sim)).resume()
         st = Mirror(tmp_path).status()
         assert st["series"]["complete"] == 1
-        assert st["bytes"]["complete"] == st["bytes"]["total"] == sim.dataset.series_size(s.series_uid)[0]
+        assert (
+            st["bytes"]["complete"]
+            == st["bytes"]["total"]
+            == sim.dataset.series_size(s.series_uid)[0]
+        )
         assert os.path.exists(tmp_path / ".tcia-mirror" / "state.sqlite")
         assert StateStore  # imported for the path contract

@@ -157,7 +157,9 @@ class ArchiveClient:
         self._tokens: TokenManager | None = None
         if self.profile.auth == "oauth":
             self._tokens = TokenManager(
-                resolve_token_url(self.config.root, self.config.token_url or self.profile.token_url),
+                resolve_token_url(
+                    self.config.root, self.config.token_url or self.profile.token_url
+                ),
                 self.config.credentials,
                 client_id=self.profile.client_id,
                 guest_user=self.profile.guest_user,
@@ -329,7 +331,9 @@ class ArchiveClient:
                 await self._sleep(policy.backoff(attempt, self._rng))
         raise AssertionError("unreachable")
 
-    async def rows(self, endpoint: str, params: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    async def rows(
+        self, endpoint: str, params: Mapping[str, str] | None = None
+    ) -> list[dict[str, Any]]:
         """A query endpoint's rows, parsed from whatever format came back (JSON asked for)."""
         spec = self.profile.endpoint(endpoint)
         clean = {k: v for k, v in (params or {}).items() if v is not None}
@@ -343,13 +347,17 @@ class ArchiveClient:
     async def collections(self) -> list[str]:
         return values_from_rows(await self.rows("getCollectionValues"), "Collection")
 
-    async def modalities(self, collection: str | None = None, body_part: str | None = None) -> list[str]:
+    async def modalities(
+        self, collection: str | None = None, body_part: str | None = None
+    ) -> list[str]:
         rows = await self.rows(
             "getModalityValues", _p(Collection=collection, BodyPartExamined=body_part)
         )
         return values_from_rows(rows, "Modality")
 
-    async def body_parts(self, collection: str | None = None, modality: str | None = None) -> list[str]:
+    async def body_parts(
+        self, collection: str | None = None, modality: str | None = None
+    ) -> list[str]:
         rows = await self.rows("getBodyPartValues", _p(Collection=collection, Modality=modality))
         return values_from_rows(rows, "BodyPartExamined")
 
@@ -366,7 +374,9 @@ class ArchiveClient:
         return values_from_rows(rows, "Manufacturer")
 
     async def patients(self, collection: str | None = None) -> list[Patient]:
-        return _keep(patient_from_row(r) for r in await self.rows("getPatient", _p(Collection=collection)))
+        return _keep(
+            patient_from_row(r) for r in await self.rows("getPatient", _p(Collection=collection))
+        )
 
     async def patients_by_modality(self, collection: str, modality: str) -> list[Patient]:
         rows = await self.rows("PatientsByModality", _p(Collection=collection, Modality=modality))

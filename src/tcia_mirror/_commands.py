@@ -60,7 +60,11 @@ def add_engine_commands(sub: Any, conn: argparse.ArgumentParser) -> None:
 
     d = sub.add_parser("download", parents=[conn, sel, out, run], help="mirror a selection")
     d.add_argument("--mode", choices=["zip", "single"], default="zip")
-    d.add_argument("--layout", metavar="TEMPLATE", help="default, nbia-classic, nbia-descriptive, flat or a template")
+    d.add_argument(
+        "--layout",
+        metavar="TEMPLATE",
+        help="default, nbia-classic, nbia-descriptive, flat or a template",
+    )
     d.add_argument("--dry-run", action="store_true", help="print the plan and check disk space")
     d.add_argument("--json", action="store_true", help="print the run report as JSON")
     d.set_defaults(func=_cmd_download)
@@ -84,7 +88,11 @@ def add_engine_commands(sub: Any, conn: argparse.ArgumentParser) -> None:
     y.add_argument("--json", action="store_true")
     y.set_defaults(func=_cmd_sync)
 
-    m = sub.add_parser("demo", parents=[_out_option(required=False)], help="a guided tour on the built-in simulator")
+    m = sub.add_parser(
+        "demo",
+        parents=[_out_option(required=False)],
+        help="a guided tour on the built-in simulator",
+    )
     m.add_argument("--no-progress", action="store_true")
     m.set_defaults(func=_cmd_demo, out=None)
 
@@ -139,7 +147,9 @@ def _print_report(args: argparse.Namespace, report: RunReport) -> int:
     else:
         print(report.summary())
         for p in report.problems[:20]:
-            print(f"  problem: series {p['series']}: {p['kind']} (expected {p.get('expected')}, found {p.get('found')})")
+            print(
+                f"  problem: series {p['series']}: {p['kind']} (expected {p.get('expected')}, found {p.get('found')})"
+            )
     return report.exit_code
 
 
@@ -156,7 +166,9 @@ def _options(args: argparse.Namespace, **extra: Any) -> DownloadOptions:
 def _cmd_plan(args: argparse.Namespace) -> int:
     selection = _selection(args)
     if selection.is_empty() and not (Path(args.out) / ".tcia-mirror").is_dir():
-        raise InputError("nothing selected: give --collection, --shared-list, --manifest, --series or --series-file")
+        raise InputError(
+            "nothing selected: give --collection, --shared-list, --manifest, --series or --series-file"
+        )
     mirror = _mirror(args, recorded_ok=True, progress=None)
     plan = _run(lambda: mirror.plan(selection, concurrency=args.concurrency, layout=args.layout))
     data = {
@@ -192,12 +204,16 @@ def _cmd_download(args: argparse.Namespace) -> int:
     selection = _selection(args)
     fresh = not (Path(args.out) / ".tcia-mirror").is_dir()
     if selection.is_empty() and fresh:
-        raise InputError("nothing selected: give --collection, --shared-list, --manifest, --series or --series-file")
+        raise InputError(
+            "nothing selected: give --collection, --shared-list, --manifest, --series or --series-file"
+        )
     progress = _progress(args)
     mirror = _mirror(args, recorded_ok=True, progress=progress)
     opts = _options(args, layout=args.layout, dry_run=args.dry_run)
     try:
-        report = _run(lambda: mirror.download(selection if not selection.is_empty() else None, opts))
+        report = _run(
+            lambda: mirror.download(selection if not selection.is_empty() else None, opts)
+        )
     finally:
         progress.close()
     if args.dry_run:
@@ -211,7 +227,9 @@ def _cmd_download(args: argparse.Namespace) -> int:
 
 def _cmd_resume(args: argparse.Namespace) -> int:
     if not (Path(args.out) / ".tcia-mirror").is_dir():
-        raise StateError(f"{args.out} is not a tcia-mirror mirror; start one with `tcia-mirror download`")
+        raise StateError(
+            f"{args.out} is not a tcia-mirror mirror; start one with `tcia-mirror download`"
+        )
     progress = _progress(args)
     mirror = _mirror(args, recorded_ok=True, progress=progress)
     try:
@@ -229,7 +247,9 @@ def _cmd_sync(args: argparse.Namespace) -> int:
         except ValueError:
             raise InputError(f"--since {args.since!r}: expected a date as YYYY-MM-DD") from None
     if not (Path(args.out) / ".tcia-mirror").is_dir():
-        raise StateError(f"{args.out} is not a tcia-mirror mirror; start one with `tcia-mirror download`")
+        raise StateError(
+            f"{args.out} is not a tcia-mirror mirror; start one with `tcia-mirror download`"
+        )
     progress = _progress(args)
     mirror = _mirror(args, recorded_ok=True, progress=progress)
     try:
@@ -248,7 +268,9 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         state = "ok" if report.ok else f"{len(report.problems)} problem(s)"
         print(f"verify: {report.series_checked} series checked, {state}")
         for p in report.problems[:50]:
-            print(f"  series {p['series']}: {p['kind']} (expected {p.get('expected')}, found {p.get('found')})")
+            print(
+                f"  series {p['series']}: {p['kind']} (expected {p.get('expected')}, found {p.get('found')})"
+            )
         if not report.ok:
             print(f"fix with: tcia-mirror resume --out {args.out}")
     return 0 if report.ok else 1

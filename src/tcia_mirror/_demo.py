@@ -106,7 +106,9 @@ async def _demo(out: Path, progress: bool) -> int:
             f"files, {st['bytes']['complete'] / 1e6:.1f} MB in {out}/<Collection>/<PatientID>/"
             "<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm"
         )
-        _say(f"   Per-series report: {out}/.tcia-mirror/reports/last-run.json; index: {out}/metadata.csv")
+        _say(
+            f"   Per-series report: {out}/.tcia-mirror/reports/last-run.json; index: {out}/metadata.csv"
+        )
         _say(f"   Try: tcia-mirror status --out {out}   |   tcia-mirror verify --out {out} --json")
         return 0 if verdict.ok and report.ok else 1
 

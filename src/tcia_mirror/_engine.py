@@ -249,9 +249,11 @@ class Mirror:
             state = store.get_series(p.uid)
             if state is not None and state.rel_dir is None:
                 store.set_series_status(
-                    p.uid, state.status, rel_dir=str(layout.series_dir(p.fields))
+                    p.uid, state.status, error=state.error, rel_dir=str(layout.series_dir(p.fields))
                 )
         store.set_meta("selection", selection.to_json())
+        # last: a run killed before this point left a partial plan, which resume redoes
+        store.set_meta("planned", selection.to_json())
         return plan
 
     async def plan(
@@ -278,7 +280,9 @@ class Mirror:
     async def resume(self, options: DownloadOptions | None = None) -> RunReport:
         return await self._run("resume", None, options)
 
-    async def sync(self, since: date | None = None, options: DownloadOptions | None = None) -> RunReport:
+    async def sync(
+        self, since: date | None = None, options: DownloadOptions | None = None
+    ) -> RunReport:
         """Bring the mirror up to date with its recorded selection: new and changed series."""
         return await self._run("sync", None, options, since=since)
 
@@ -311,17 +315,22 @@ class Mirror:
             layout = self._layout(store, opts.layout)
             self._record_connection(store)
             async with self._client(opts.concurrency) as client:
-                if command != "resume" or not store.series():
+                if command == "download" and selection.to_json() != recorded:
+                    old = Selection.from_json(recorded) if recorded else None
+                    if selection.collection and (old is None or not old.collection):
+                        await self._check_collection(client, selection.collection)
+                    # recorded before planning, so a run killed while planning can be resumed
+                    store.set_meta("selection", selection.to_json())
+                planned = store.get_meta("planned") == selection.to_json()
+                if command != "resume" or not planned or not store.series():
                     if command == "sync" and since is not None and selection.collection:
                         new = await client.new_patients(selection.collection, since)
                         self.progress.on_message(
                             f"the archive lists {len(new)} patient(s) new in "
                             f"{selection.collection} since {since.isoformat()}"
                         )
-                    plan = await self._plan_into(
-                        store, client, selection, layout, opts.concurrency
-                    )
-                    report.missing = plan.missing
+                    plan = await self._plan_into(store, client, selection, layout, opts.concurrency)
+                    report.missing = plan.missing + _unmatched(selection, plan)
                 states = store.series()
                 report.planned_series = len(states)
                 report.planned_instances = sum(s.expected_count or 0 for s in states)
@@ -342,6 +351,18 @@ class Mirror:
                 self._write_metadata_csv(store)
                 self._write_report(report)
         return report
+
+    async def _check_collection(self, client: ArchiveClient, name: str) -> None:
+        """A misspelt collection is bad input, found before anything is recorded."""
+        if not client.profile.has("getCollectionValues"):
+            return
+        known = await client.collections()
+        if known and name.lower() not in {k.lower() for k in known}:
+            listed = ", ".join(sorted(known)[:10]) + (" ..." if len(known) > 10 else "")
+            raise InputError(
+                f"collection {name!r} is not on the archive (it has: {listed}); check the name "
+                "with `tcia-mirror query getCollectionValues`"
+            )
 
     def _check_space(self, need: int, opts: DownloadOptions) -> None:
         if not opts.check_space or need <= 0:
@@ -374,7 +395,9 @@ class Mirror:
         if w.expected and not missing:
             return []
         single = mode == "single" and bool(w.expected)
-        if mode == "zip" and w.done and missing and w.expected_bytes:
+        if w.zip_untrusted and w.expected:
+            single = True  # its ZIP had entries we refuse: the same ZIP again would not help
+        elif mode == "zip" and w.done and missing and w.expected_bytes:
             n = max(1, w.expected_count or len(w.expected))
             est = w.expected_bytes * len(missing) / n + PER_REQUEST_COST * len(missing)
             single = est < w.expected_bytes
@@ -495,11 +518,21 @@ class Mirror:
             )
         if w.expected_count is not None and found != w.expected_count and not missing:
             problems.append(
-                {"series": w.uid, "kind": "object_count", "expected": w.expected_count, "found": found}
+                {
+                    "series": w.uid,
+                    "kind": "object_count",
+                    "expected": w.expected_count,
+                    "found": found,
+                }
             )
         if w.expected_bytes is not None and found_bytes != w.expected_bytes and not missing:
             problems.append(
-                {"series": w.uid, "kind": "total_bytes", "expected": w.expected_bytes, "found": found_bytes}
+                {
+                    "series": w.uid,
+                    "kind": "total_bytes",
+                    "expected": w.expected_bytes,
+                    "found": found_bytes,
+                }
             )
         outcome = "failed" if problems else "complete"
         error = "; ".join(sorted({p["kind"] for p in problems})) or None
@@ -548,11 +581,15 @@ class Mirror:
                 problems.extend(chk.problems)
                 if chk.damaged:
                     store.uncommit_instances(s.uid, chk.damaged)
-                status = "complete" if not chk.problems else (
-                    "pending" if s.status == "complete" else s.status
+                status = (
+                    "complete"
+                    if not chk.problems
+                    else ("pending" if s.status == "complete" else s.status)
                 )
                 if status != s.status:
-                    store.set_series_status(s.uid, status, error=None if status == "complete" else "verify")
+                    store.set_series_status(
+                        s.uid, status, error=None if status == "complete" else "verify"
+                    )
             report = VerifyReport(ok=not problems, series_checked=len(states), problems=problems)
             self._write_json(f"verify-{_stamp()}.json", report.to_dict())
             return report
@@ -624,6 +661,17 @@ class _Tee:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
+
+
+def _unmatched(selection: Selection, plan: PlanResult) -> list[str]:
+    """Parts of the selection that matched no series: reported, never a silent empty mirror."""
+    if selection.collection:
+        name = selection.collection.lower()
+        if not any((p.collection or "").lower() == name for p in plan.series):
+            return [f"{selection.describe().split('; ')[0]}: no series match"]
+    if not plan.series and selection.shared_lists:
+        return [f"shared list {n}: no series" for n in selection.shared_lists]
+    return []
 
 
 def _stamp() -> str:

@@ -117,7 +117,7 @@ def redact(text: str, secrets: Iterable[str | None]) -> str:
     return text
 
 
-def first_error(group: BaseExceptionGroup) -> BaseException:  # type: ignore[type-arg]
+def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
     """The exception to report from a task group's exception group: our own errors first."""
     leaves: list[BaseException] = []
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import anyio
 
-from ._atomic import AtomicWriter
+from ._atomic import AtomicWriter, disk_error
 from ._client import ArchiveClient
 from ._dicomio import read_ids
 from ._errors import DataError
@@ -51,6 +51,7 @@ class SeriesWork:
     attempts: int = 0
     stalls: int = 0
     outstanding: int = 0
+    zip_untrusted: bool = False  # a ZIP of this series had entries we refused (unsafe names)
     problems: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -95,8 +96,14 @@ class Fetcher:
     # -- shared ----------------------------------------------------------------------------
     def _series_dir(self, work: SeriesWork) -> Path:
         d = self.root / work.rel_dir
-        d.mkdir(parents=True, exist_ok=True)
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise disk_error(exc, d, self.root) from exc
         return d
+
+    def _writer(self, dest: Path) -> AtomicWriter:
+        return AtomicWriter(dest, fsync=self.fsync, mirror_dir=self.root)
 
     def _finalize(
         self, writer: AtomicWriter, work: SeriesWork, md5: str, size: int, want_sop: str | None
@@ -134,14 +141,13 @@ class Fetcher:
 
     def _write_license(self, work: SeriesWork, text: bytes) -> None:
         folder = self.root / sanitize_component(work.collection or "unknown-collection")
-        folder.mkdir(parents=True, exist_ok=True)
         dest = folder / "LICENSE"
         try:
             if dest.read_bytes() == text:
                 return
         except OSError:
             pass
-        with AtomicWriter(dest, fsync=self.fsync) as w:
+        with self._writer(dest) as w:
             w.write(text)
             w.commit()
 
@@ -191,14 +197,14 @@ class Fetcher:
                                 kind = "md5"
                             else:
                                 kind = "dicom"
-                                writer = AtomicWriter(
-                                    series_dir / f"entry-{ev.index:08d}.dcm", fsync=self.fsync
-                                )
+                                writer = self._writer(series_dir / f"entry-{ev.index:08d}.dcm")
                                 digest = hashlib.md5(usedforsecurity=False)
                         elif isinstance(ev, EntryEnd):
                             if kind == "dicom":
                                 assert writer is not None
-                                w, writer = writer, None
+                                # ``writer`` stays set until _finalize is over: a cancel before
+                                # it ran must still abort (remove) the temp file, in ``finally``
+                                w = writer
                                 if not ev.crc_ok:
                                     w.abort()
                                     work.problem("crc_mismatch", found=name)
@@ -209,6 +215,7 @@ class Fetcher:
                                     if c is not None:
                                         self._record(work, c)
                                         by_name[name] = c
+                                writer = None
                             elif kind == "license" and ev.crc_ok:
                                 await anyio.to_thread.run_sync(
                                     self._write_license, work, bytes(small)
@@ -223,6 +230,7 @@ class Fetcher:
             if writer is not None:
                 writer.abort()
         if rejected:
+            work.zip_untrusted = True
             work.notes.append(f"rejected {len(rejected)} ZIP entr(ies) with unsafe names")
             work.problem("unsafe_entry_names", found=rejected[:5])
         if archive_md5 is not None:
@@ -234,20 +242,20 @@ class Fetcher:
     async def _check_md5(
         self, work: SeriesWork, by_name: dict[str, _Committed], archive_md5: dict[str, str]
     ) -> None:
-        bad = [c for n, c in by_name.items() if n in archive_md5 and archive_md5[n] != c.md5]
-        for c in bad:
-            work.problem("md5_mismatch", expected=archive_md5, found=c.md5, sop=c.sop)
+        bad = [(n, c) for n, c in by_name.items() if n in archive_md5 and archive_md5[n] != c.md5]
+        if bad:  # the store forgets them first: it must never claim a file that is gone
+            self.store.uncommit_instances(work.uid, [c.sop for _n, c in bad])
+        for n, c in bad:
+            work.problem("md5_mismatch", expected=archive_md5[n], found=c.md5, sop=c.sop)
             (self.root / c.rel_path).unlink(missing_ok=True)
             work.done.pop(c.sop, None)
-        if bad:
-            self.store.uncommit_instances(work.uid, [c.sop for c in bad])
 
     # -- single instances --------------------------------------------------------------------
     async def fetch_single(self, work: SeriesWork, sop: str) -> bool:
         """Fetch one instance with getSingleImage. True when it was committed."""
         endpoint, params = self.client.single_image_request(work.uid, sop)
         series_dir = self._series_dir(work)
-        writer = AtomicWriter(series_dir / instance_filename(sop), fsync=self.fsync)
+        writer = self._writer(series_dir / instance_filename(sop))
         digest = hashlib.md5(usedforsecurity=False)
         size = 0
         try:

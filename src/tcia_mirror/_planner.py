@@ -6,6 +6,7 @@ series. The result is plain data; recording it is the store's job.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -38,9 +39,7 @@ class PlanResult:
         return sum(p.expected_bytes or 0 for p in self.series)
 
 
-async def bounded_gather(
-    factories: Sequence[Callable[[], Awaitable[T]]], limit: int
-) -> list[T]:
+async def bounded_gather(factories: Sequence[Callable[[], Awaitable[T]]], limit: int) -> list[T]:
     """Run coroutine factories with at most ``limit`` at once; results in input order."""
     results: list[Any] = [None] * len(factories)
     limiter = anyio.CapacityLimiter(max(1, limit))
@@ -199,9 +198,10 @@ async def make_plan(
         )
 
     # each details() makes two requests; halve the fan-out so requests stay within the bound
-    detailed = await bounded_gather(
-        [lambda s=s: details(s) for s in todo], max(1, concurrency // 2)
-    )
+    factories: list[Callable[[], Awaitable[SeriesPlan]]] = [
+        functools.partial(details, s) for s in todo
+    ]
+    detailed = await bounded_gather(factories, max(1, concurrency // 2))
     for p in detailed:
         plans[p.uid] = p
     ordered = [plans[s.series_instance_uid] for s in listed]

@@ -36,7 +36,9 @@ class RetryPolicy:
             delay *= 1 + rng.uniform(-self.jitter, self.jitter)
         return max(0.0, delay)
 
-    def wait(self, retry: int, retry_after: float | None, rng: random.Random | None = None) -> float:
+    def wait(
+        self, retry: int, retry_after: float | None, rng: random.Random | None = None
+    ) -> float:
         """The wait before a retry: the server's Retry-After when given (capped), else backoff."""
         if retry_after is not None:
             return min(max(retry_after, 0.0), self.max_retry_after)

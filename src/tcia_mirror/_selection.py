@@ -48,7 +48,9 @@ class Selection:
                 )
                 if v
             ]
-            parts.append(f"collection {self.collection}" + (f" ({', '.join(filt)})" if filt else ""))
+            parts.append(
+                f"collection {self.collection}" + (f" ({', '.join(filt)})" if filt else "")
+            )
         parts += [f"shared list {n}" for n in self.shared_lists]
         if self.series:
             src = f" from {', '.join(self.sources)}" if self.sources else ""
@@ -66,7 +68,7 @@ class Selection:
             clean = {
                 k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in known
             }
-            return cls(**clean)
+            return cls(**clean)  # type: ignore[arg-type]
         except (ValueError, TypeError) as exc:
             raise InputError(f"recorded selection is unreadable: {exc}") from None
 

@@ -78,7 +78,9 @@ def client_config(settings: Mapping[str, Any], **overrides: Any) -> ClientConfig
         try:
             attempts = int(settings["retries"])
         except (TypeError, ValueError):
-            raise InputError(f"retries must be a whole number, got {settings['retries']!r}") from None
+            raise InputError(
+                f"retries must be a whole number, got {settings['retries']!r}"
+            ) from None
         if attempts < 1:
             raise InputError("retries must be at least 1")
         retry = replace(retry, attempts=attempts)

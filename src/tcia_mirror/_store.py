@@ -236,12 +236,8 @@ class StateStore:
                     f"BEGIN IMMEDIATE;\n{_SCHEMA}\nPRAGMA application_id={_APPLICATION_ID};\n"
                     f"PRAGMA user_version={SCHEMA_VERSION};\nCOMMIT;"
                 )
-        except sqlite3.OperationalError as exc:
-            if _is_disk_problem(exc):
-                raise _disk_error_sqlite(exc, path) from exc
-            raise StateError(_corrupt_message(path, exc)) from exc
         except sqlite3.DatabaseError as exc:
-            raise StateError(_corrupt_message(path, exc)) from exc
+            raise _sqlite_error(exc, path) from exc
 
     def close(self) -> None:
         with self._mutex:
@@ -293,14 +289,10 @@ class StateStore:
         with self._mutex:
             try:
                 yield self._conn
-            except sqlite3.OperationalError as exc:
-                if _is_disk_problem(exc):
-                    raise _disk_error_sqlite(exc, self.path) from exc
-                raise StateError(_corrupt_message(self.path, exc)) from exc
             except sqlite3.DatabaseError as exc:
                 if isinstance(exc, sqlite3.IntegrityError | sqlite3.ProgrammingError):
-                    raise
-                raise StateError(_corrupt_message(self.path, exc)) from exc
+                    raise  # our bug, not the file's
+                raise _sqlite_error(exc, self.path) from exc
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -619,6 +611,20 @@ def _series_state(row: tuple[Any, ...]) -> SeriesState:
         uid, coll, pid, study, ecount, ebytes, fields if isinstance(fields, dict) else {},
         status, attempts, error, rel_dir, done_count, done_bytes, instance_count,
     )  # fmt: skip
+
+
+def _sqlite_error(exc: sqlite3.DatabaseError, path: Path) -> StateError | DiskError:
+    """One place that turns SQLite failures into our errors."""
+    text = str(exc).lower()
+    if isinstance(exc, sqlite3.OperationalError):
+        if "locked" in text or "busy" in text:
+            return StateError(
+                f"{path} is busy: another process is writing to it; wait for it to finish "
+                "and try again"
+            )
+        if _is_disk_problem(exc):
+            return _disk_error_sqlite(exc, path)
+    return StateError(_corrupt_message(path, exc))
 
 
 def _is_disk_problem(exc: sqlite3.OperationalError) -> bool:

@@ -16,8 +16,10 @@ Each :class:`EntryEnd` says whether the CRC-32 (and size) matched, so a caller c
 entry that was complete when a stream broke off. Parsing stops at the central directory; the
 local headers already described every entry.
 
-Decompressed output per :meth:`ZipStreamReader.feed` call is bounded by ``len(chunk) *
-ZipLimits.max_ratio`` (the bomb check runs on running totals); feed chunks of 64-256 KiB.
+Memory: the reader keeps at most one header or data-descriptor fragment between calls; inflate
+runs in 256 KiB output steps, and the bomb check (running totals) caps the output of one
+:meth:`ZipStreamReader.feed` call at about ``max(1 MiB, len(chunk) * ZipLimits.max_ratio)``.
+Feed chunks of 64-256 KiB.
 
 Entry names come from the server and are never used as paths; :func:`safe_entry_name` exists for
 reports and legacy layouts.

@@ -23,6 +23,8 @@ EXIT_INTERRUPTED = 130
 
 
 class _Parser(argparse.ArgumentParser):
+    """One-line usage errors (exit 2), no usage dump."""
+
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
@@ -57,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Mirror collections of The Cancer Imaging Archive: fast, resumable, verified.",
     )
     parser.add_argument("--version", action="version", version=f"tcia-mirror {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub: Any = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
     q = sub.add_parser("query", parents=[conn], help="print the archive's answer to one endpoint")
@@ -78,7 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--error-rate", type=float, default=0.0, help="fraction answered 500/502/503")
     s.add_argument("--rate-limit-rate", type=float, default=0.0, help="fraction answered 429")
     s.add_argument("--retry-after", type=float, default=1.0, help="Retry-After seconds on 429")
-    s.add_argument("--drop-rate", type=float, default=0.0, help="fraction of images dropped mid-body")
+    s.add_argument(
+        "--drop-rate", type=float, default=0.0, help="fraction of images dropped mid-body"
+    )
     s.add_argument("--truncate-rate", type=float, default=0.0, help="fraction of ZIPs cut short")
     s.add_argument("--html-error-rate", type=float, default=0.0, help="fraction of ZIPs as HTML")
     s.add_argument("--hostile", action="store_true", help="hostile ZIP entry names")
@@ -95,7 +99,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
     return resolve(vars(args))
 
 
-async def _query(args: argparse.Namespace) -> int:
+async def _query(args: argparse.Namespace) -> tuple[bytes, str]:
     settings = _settings(args)
     params = validate_param_pairs(args.params)
     cfg = client_config(settings)
@@ -103,7 +107,11 @@ async def _query(args: argparse.Namespace) -> int:
     spec.wire_params(params)  # missing required parameter: exit 2 before any request
     async with ArchiveClient(cfg) as client:
         resp = await client.raw(spec.name, params, fmt=args.format, metadata=args.metadata)
-    body = resp.body
+    return resp.body, spec.kind
+
+
+def _cmd_query(args: argparse.Namespace) -> int:
+    body, kind = anyio.run(_query, args)
     if args.output:
         try:
             with open(args.output, "wb") as fh:
@@ -112,17 +120,13 @@ async def _query(args: argparse.Namespace) -> int:
             raise InputError(f"cannot write {args.output}: {exc.strerror}") from None
         print(f"wrote {len(body)} bytes to {args.output}", file=sys.stderr)
         return 0
-    if spec.kind != "rows" and sys.stdout.isatty():
-        raise InputError(f"{spec.name} answers binary data; use --output FILE")
+    if kind != "rows" and sys.stdout.isatty():
+        raise InputError("this endpoint answers binary data; use --output FILE")
     sys.stdout.buffer.write(body)
-    if body and not body.endswith(b"\n") and spec.kind == "rows":
+    if body and not body.endswith(b"\n") and kind == "rows":
         sys.stdout.buffer.write(b"\n")
     sys.stdout.flush()
     return 0
-
-
-def _cmd_query(args: argparse.Namespace) -> int:
-    return anyio.run(_query, args)
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
@@ -173,8 +177,10 @@ def run(argv: Sequence[str] | None = None) -> int:
         print(f"tcia-mirror: error: {redact(str(exc), secrets)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("tcia-mirror: interrupted; progress is kept, resume with the same command",
-              file=sys.stderr)
+        print(
+            "tcia-mirror: interrupted; progress is kept, resume with the same command",
+            file=sys.stderr,
+        )
         return EXIT_INTERRUPTED
 
 

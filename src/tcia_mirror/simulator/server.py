@@ -63,18 +63,29 @@ class _Body:
         self.resp = resp
         self.bandwidth = bandwidth if bandwidth and bandwidth > 0 else None
         self.sent = 0
+        self.gone = False  # the client went away (killed, cancelled): stop quietly
         self._start = time.monotonic()
+
+    async def _put(self, data: bytes) -> None:
+        if self.gone:
+            return
+        try:
+            await self.resp.write(data)
+        except ConnectionResetError:
+            self.gone = True
 
     async def write(self, data: bytes) -> None:
         if self.bandwidth is None:
             self.sent += len(data)
-            await self.resp.write(data)
+            await self._put(data)
             return
         step = max(512, min(64 * 1024, int(self.bandwidth / 20)))
         view = memoryview(data)
         for offset in range(0, len(data), step):
+            if self.gone:
+                return
             piece = bytes(view[offset : offset + step])
-            await self.resp.write(piece)
+            await self._put(piece)
             self.sent += len(piece)
             delay = self._start + self.sent / self.bandwidth - time.monotonic()
             if delay > 0:
@@ -87,6 +98,8 @@ class Simulator:
     ``stats`` counts requests per endpoint name (``getSeries``, ``getImage``, ``token``,
     ``metadata``, ``logout``, ``unknown``); ``image_requests`` counts image requests per
     ``(endpoint, SeriesInstanceUID, SOPInstanceUID or None)``. Both include faulted requests.
+    ``faults_injected`` counts the faults served, by kind (``429``, ``5xx``, ``html``, ``drop``,
+    ``truncate``, ``hostile``, ``unreachable``).
     """
 
     def __init__(
@@ -111,6 +124,7 @@ class Simulator:
         self.image_requests: collections.Counter[tuple[str, str, str | None]] = (
             collections.Counter()
         )
+        self.faults_injected: collections.Counter[str] = collections.Counter()
         self.zip_level = zip_level
         self._entries: ByteLRU[tuple[str, str], ZipEntryData] = ByteLRU(
             zip_cache_bytes, lambda entry: len(entry.compressed)
@@ -234,6 +248,7 @@ class Simulator:
             key = (name, q.get("SeriesInstanceUID", ""), q.get("SOPInstanceUID"))
             self.image_requests[key] += 1
         if time.monotonic() < self._unreachable_until:
+            self.faults_injected["unreachable"] += 1
             if request.transport is not None:
                 request.transport.abort()
             return web.Response(status=503)
@@ -242,15 +257,21 @@ class Simulator:
             if f.latency > 0:
                 await asyncio.sleep(f.latency)
             if f.roll(f.rate_limit_rate):
+                self.faults_injected["429"] += 1
                 resp = _text(429, "429 Too Many Requests\n")
                 resp.headers["Retry-After"] = f.retry_after_header()
                 return resp
             if f.roll(f.error_rate):
                 status = f.choice((500, 502, 503))
+                self.faults_injected["5xx"] += 1
                 return _text(status, f"{status} {_NGINX_REASONS[status]} (simulated by nginx)\n")
             if name in ZIP_ENDPOINTS and f.roll(f.html_error_rate):
+                self.faults_injected["html"] += 1
                 return _text(200, _HTML_ERROR_PAGE, "text/html;charset=UTF-8")
-        return await handler(request)
+        try:
+            return await handler(request)
+        except ConnectionResetError:  # the client went away (killed, cancelled): not our error
+            return web.Response(status=499)
 
     # ------------------------------------------------------------------ auth
     async def _token(self, request: web.Request) -> web.StreamResponse:
@@ -425,6 +446,7 @@ class Simulator:
         f = self.faults
         faulty = f.applies(spec.name)
         if faulty and f.is_hostile(uid):
+            self.faults_injected["hostile"] += 1
             for index, hostile in enumerate(HOSTILE_NAMES[: len(named)]):
                 named[index] = (named[index][0], hostile)
         mode: str | None = None
@@ -433,6 +455,8 @@ class Simulator:
         elif faulty and f.roll(f.truncate_rate):
             mode = "truncate"
         cut_entry = f.randint(0, len(named) - 1) if mode else -1
+        if mode:
+            self.faults_injected[mode] += 1
         filename = "bindaas-blob-download.zip" if dialect == "v3" else f"{uid}.zip"
         resp = web.StreamResponse(
             headers={
@@ -459,6 +483,8 @@ class Simulator:
                 return resp
             for chunk in writer.entry(entry_name, entry):
                 await body.write(chunk)
+            if body.gone:
+                return resp
         if include_md5:
             random.Random(uid).shuffle(digests)  # HashMap order on the real server: arbitrary
             csv_entry = deflate_entry(render_md5_csv(digests))
@@ -482,6 +508,7 @@ class Simulator:
         f = self.faults
         if not (f.applies("getSingleImage") and f.roll(f.drop_rate)):
             return await self._send(request, data, "application/dicom", headers)
+        self.faults_injected["drop"] += 1
         resp = web.StreamResponse(headers={"Content-Type": "application/dicom", **headers})
         resp.content_length = len(data)
         await resp.prepare(request)
@@ -536,11 +563,14 @@ async def serve(
     port: int = 0,
     seed: int = 0,
     faults: Faults | None = None,
+    token_ttl: float = 7200.0,
     print_fn: Callable[[str], None] = print,
 ) -> None:
     """Serve a preset dataset until cancelled, after printing the base URL of every profile."""
     dataset = Dataset(DatasetSpec.preset(preset, seed))  # type: ignore[arg-type]
-    async with Simulator(dataset, faults=faults) as sim:
+    sim = Simulator(dataset, faults=faults, token_ttl=token_ttl)
+    await sim.start(host=host, port=port)
+    try:
         n_instances = sum(len(s.instances) for s in dataset.series)
         print_fn(
             f"tcia-mirror archive simulator: preset {preset!r} (seed {seed}), "
@@ -555,3 +585,5 @@ async def serve(
         print_fn(f"users      {users} (and nbia_guest with any password)")
         print_fn(f"shared     {', '.join(dataset.shared_lists)}")
         await asyncio.Event().wait()
+    finally:
+        await sim.stop()
