@@ -16,6 +16,7 @@ import anyio
 
 from ._client import ArchiveClient
 from ._errors import first_error
+from ._layout import fields_from_series
 from ._models import Series
 from ._selection import Selection
 from ._store import SeriesPlan, SeriesState
@@ -64,28 +65,16 @@ async def _one_error() -> AsyncIterator[None]:
 
 
 def series_fields(s: Series) -> dict[str, Any]:
-    """The series' descriptive fields, keyed as layout templates and metadata.csv name them."""
-    pairs = {
-        "Collection": s.collection,
-        "PatientID": s.patient_id,
-        "StudyInstanceUID": s.study_instance_uid,
-        "SeriesInstanceUID": s.series_instance_uid,
-        "Modality": s.modality,
-        "BodyPartExamined": s.body_part_examined,
-        "Manufacturer": s.manufacturer,
-        "ManufacturerModelName": s.manufacturer_model_name,
-        "SeriesNumber": s.series_number,
-        "SeriesDescription": s.series_description,
-        "SeriesDate": s.series_date,
-        "StudyDate": s.study_date,
-        "StudyDescription": s.study_description,
+    """The series' fields for layout templates and metadata.csv (unknown ones left out)."""
+    fields = {
+        **fields_from_series(s),
         "DateReleased": s.date_released,
         "LicenseName": s.license_name,
         "LicenseURI": s.license_uri,
         "ImageCount": s.image_count,
         "FileSize": s.file_size,
     }
-    return {k: v for k, v in pairs.items() if v is not None}
+    return {k: v for k, v in fields.items() if v is not None}
 
 
 async def list_series(
