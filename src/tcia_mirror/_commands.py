@@ -225,7 +225,10 @@ def _cmd_download(args: argparse.Namespace) -> int:
     return _print_report(args, report)
 
 
-def _cmd_resume(args: argparse.Namespace) -> int:
+def _existing_mirror_run(
+    args: argparse.Namespace, call: Callable[[Mirror], Awaitable[RunReport]]
+) -> int:
+    """resume / sync: a mirror that exists, its recorded connection, one report."""
     if not (Path(args.out) / ".tcia-mirror").is_dir():
         raise StateError(
             f"{args.out} is not a tcia-mirror mirror; start one with `tcia-mirror download`"
@@ -233,10 +236,14 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     progress = _progress(args)
     mirror = _mirror(args, recorded_ok=True, progress=progress)
     try:
-        report = _run(lambda: mirror.resume(_options(args)))
+        report = _run(lambda: call(mirror))
     finally:
         progress.close()
     return _print_report(args, report)
+
+
+def _cmd_resume(args: argparse.Namespace) -> int:
+    return _existing_mirror_run(args, lambda m: m.resume(_options(args)))
 
 
 def _cmd_sync(args: argparse.Namespace) -> int:
@@ -246,17 +253,7 @@ def _cmd_sync(args: argparse.Namespace) -> int:
             since = datetime.strptime(args.since, "%Y-%m-%d").date()
         except ValueError:
             raise InputError(f"--since {args.since!r}: expected a date as YYYY-MM-DD") from None
-    if not (Path(args.out) / ".tcia-mirror").is_dir():
-        raise StateError(
-            f"{args.out} is not a tcia-mirror mirror; start one with `tcia-mirror download`"
-        )
-    progress = _progress(args)
-    mirror = _mirror(args, recorded_ok=True, progress=progress)
-    try:
-        report = _run(lambda: mirror.sync(since, _options(args)))
-    finally:
-        progress.close()
-    return _print_report(args, report)
+    return _existing_mirror_run(args, lambda m: m.sync(since, _options(args)))
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:

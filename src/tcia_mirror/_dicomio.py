@@ -48,3 +48,64 @@ def file_md5(path: Path, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+_WANTED = {0x00080018: "sop", 0x0020000E: "series", 0x0020000D: "study", 0x00100020: "patient"}
+_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+_IMPLICIT_LE = "1.2.840.10008.1.2"
+_EXPLICIT_LE = "1.2.840.10008.1.2.1"
+
+
+def ids_from_head(head: bytes) -> DicomIds | None:
+    """Fast path: the UIDs from the first bytes of a Part-10 file (little endian only).
+
+    Returns None when unsure (no preamble, other transfer syntax, undefined lengths, tags beyond
+    ``head``); the caller then asks :func:`read_ids`.
+    """
+    import struct
+
+    if len(head) < 132 or head[128:132] != b"DICM":
+        return None
+    pos, end = 132, len(head)
+    found: dict[str, str] = {}
+    ts = None
+    implicit = False
+    while pos + 8 <= end:
+        group, elem = struct.unpack_from("<HH", head, pos)
+        tag = group << 16 | elem
+        if group != 2 and ts is None:
+            return None
+        if group != 2 and ts not in (_IMPLICIT_LE, _EXPLICIT_LE):
+            return None
+        if group != 2:
+            implicit = ts == _IMPLICIT_LE
+        if implicit:
+            (length,) = struct.unpack_from("<I", head, pos + 4)
+            pos += 8
+        else:
+            vr = head[pos + 4 : pos + 6]
+            if vr in _LONG_VRS:
+                if pos + 12 > end:
+                    return None
+                (length,) = struct.unpack_from("<I", head, pos + 8)
+                pos += 12
+            else:
+                (length,) = struct.unpack_from("<H", head, pos + 6)
+                pos += 8
+        if length == 0xFFFFFFFF:
+            return None
+        if tag > 0x0020000E:
+            break
+        if pos + length > end:
+            return None
+        if tag == 0x00020010:
+            ts = head[pos : pos + length].decode("ascii", "replace").strip("\x00 ")
+        name = _WANTED.get(tag)
+        if name is not None:
+            found[name] = head[pos : pos + length].decode("ascii", "replace").strip("\x00 ")
+        pos += length
+    else:
+        return None  # ran out of bytes before passing the tags we want
+    ids = DicomIds(found.get("sop") or None, found.get("series") or None,
+                   found.get("study") or None, found.get("patient") or None)
+    return ids if ids.sop_uid and ids.series_uid else None

@@ -452,9 +452,20 @@ class StateStore:
 
         Call only after the files are durable. Unknown SOP UIDs are inserted as done.
         """
-        rows = list(items)
+        rows = list({sop: (sop, rel, size, md5) for sop, rel, size, md5 in items}.values())
         with self._write() as conn:
             series_id = self._series_id(conn, series_uid)
+            # counters move by the delta of these rows (a full recount is O(series) per commit)
+            before: dict[str, tuple[int, int]] = {}
+            for i in range(0, len(rows), 500):
+                part = [r[0] for r in rows[i : i + 500]]
+                marks = ", ".join("?" * len(part))
+                for sop, done, size in conn.execute(
+                    f"SELECT sop_uid, done, size FROM instance WHERE series_id = ? "
+                    f"AND sop_uid IN ({marks})",
+                    (series_id, *part),
+                ):
+                    before[sop] = (int(done), int(size or 0) if done else 0)
             conn.executemany(
                 "INSERT INTO instance(series_id, sop_uid, done, rel_path, size, md5) "
                 "VALUES (?, ?, 1, ?, ?, ?) ON CONFLICT(series_id, sop_uid) DO UPDATE SET "
@@ -462,7 +473,15 @@ class StateStore:
                 "md5 = excluded.md5",
                 ((series_id, sop, rel, size, md5) for sop, rel, size, md5 in rows),
             )
-            self._refresh(conn, series_id)
+            added = sum(1 for r in rows if r[0] not in before)
+            newly = sum(1 for r in rows if not before.get(r[0], (0, 0))[0])
+            dbytes = sum(int(r[2] or 0) - before.get(r[0], (0, 0))[1] for r in rows)
+            conn.execute(
+                "UPDATE series SET instance_count = instance_count + ?, "
+                "done_count = done_count + ?, done_bytes = done_bytes + ? WHERE id = ?",
+                (added, newly, dbytes, series_id),
+            )
+            conn.execute(_RESTATUS_ONE, {"id": series_id})
 
     def uncommit_instances(self, series_uid: str, sop_uids: Iterable[str]) -> None:
         """The verifier found these files gone or damaged: fetch them again."""
