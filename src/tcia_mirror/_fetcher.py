@@ -9,6 +9,8 @@ never used as paths.
 from __future__ import annotations
 
 import hashlib
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ import anyio
 
 from ._atomic import AtomicWriter, disk_error
 from ._client import ArchiveClient
-from ._dicomio import read_ids
+from ._dicomio import ids_from_head, read_ids
 from ._errors import DataError
 from ._formats import parse_md5_csv
 from ._layout import instance_filename, sanitize_component
@@ -35,6 +37,44 @@ from ._zipstream import (
 
 CHUNK = 256 * 1024
 _SMALL_CAP = 16 * 2**20  # LICENSE / md5hashes.csv are small; refuse more
+_BUFFER_MAX = 1 << 20  # a DICOM entry up to this size is kept in memory, written in one go
+_HEAD = 16 * 1024  # bytes of each file kept for the fast header check
+_PIPELINE = 8  # entries of one ZIP being finalised in worker threads at once
+
+
+class _Entry:
+    """One DICOM entry of a ZIP being received: in memory while small, else streamed to disk."""
+
+    __slots__ = ("name", "temp_dest", "buf", "writer", "digest", "head", "size")
+
+    def __init__(self, name: str, temp_dest: Path) -> None:
+        self.name = name
+        self.temp_dest = temp_dest
+        self.buf = bytearray()
+        self.writer: AtomicWriter | None = None
+        self.digest = hashlib.md5(usedforsecurity=False)
+        self.head = bytearray()
+        self.size = 0
+
+    def add(self, data: bytes, make_writer: Callable[[Path], AtomicWriter]) -> None:
+        self.digest.update(data)
+        self.size += len(data)
+        if len(self.head) < _HEAD:
+            self.head += data[: _HEAD - len(self.head)]
+        if self.writer is None and len(self.buf) + len(data) <= _BUFFER_MAX:
+            self.buf += data
+            return
+        if self.writer is None:
+            self.writer = make_writer(self.temp_dest)
+            self.writer.write(bytes(self.buf))
+            self.buf = bytearray()
+        self.writer.write(data)
+
+    def discard(self) -> None:
+        """Drop the temp file, if any (a no-op after commit)."""
+        if self.writer is not None:
+            self.writer.abort()
+        self.buf = bytearray()
 
 
 @dataclass(slots=True)
@@ -92,6 +132,7 @@ class Fetcher:
         self.fsync = fsync
         self.limits = limits or ZipLimits()
         self.files_committed = 0
+        self._claim_lock = threading.Lock()
 
     # -- shared ----------------------------------------------------------------------------
     def _series_dir(self, work: SeriesWork) -> Path:
@@ -106,11 +147,20 @@ class Fetcher:
         return AtomicWriter(dest, fsync=self.fsync, mirror_dir=self.root)
 
     def _finalize(
-        self, writer: AtomicWriter, work: SeriesWork, md5: str, size: int, want_sop: str | None
+        self,
+        writer: AtomicWriter,
+        work: SeriesWork,
+        md5: str,
+        size: int,
+        want_sop: str | None,
+        head: bytes = b"",
+        claimed: set[str] | None = None,
     ) -> _Committed | None:
         """Runs in a worker thread: check the header, then rename into place (or discard)."""
         writer.flush()
-        ids = read_ids(writer.temp_path)
+        ids = ids_from_head(head) if head else None
+        if ids is None:
+            ids = read_ids(writer.temp_path)
         if ids is None or ids.sop_uid is None:
             writer.abort()
             work.problem("not_dicom", expected="DICOM", found=f"{size} bytes that are not DICOM")
@@ -127,12 +177,33 @@ class Fetcher:
             writer.abort()
             work.problem("unexpected_instance", expected=None, found=ids.sop_uid)
             return None
-        if ids.sop_uid in work.done:
-            writer.abort()  # already committed: the file on disk stays as it is
+        with self._claim_lock:
+            taken = ids.sop_uid in work.done or (claimed is not None and ids.sop_uid in claimed)
+            if not taken and claimed is not None:
+                claimed.add(ids.sop_uid)
+        if taken:
+            writer.abort()  # already committed (or arriving twice): the file on disk stays
             return None
         name = instance_filename(ids.sop_uid)
         writer.commit(self.root / work.rel_dir / name)
         return _Committed(ids.sop_uid, f"{work.rel_dir}/{name}", size, md5)
+
+    def _finalize_entry(
+        self, entry: _Entry, work: SeriesWork, claimed: set[str]
+    ) -> _Committed | None:
+        """Worker thread: a small entry is written in one go here, a large one was streamed."""
+        writer = entry.writer
+        if writer is None:
+            writer = self._writer(entry.temp_dest)
+            try:
+                writer.write(bytes(entry.buf))
+            except BaseException:
+                writer.abort()
+                raise
+            entry.writer = writer
+        return self._finalize(
+            writer, work, entry.digest.hexdigest(), entry.size, None, bytes(entry.head), claimed
+        )
 
     def _record(self, work: SeriesWork, c: _Committed) -> None:
         self.store.commit_instances(work.uid, [(c.sop, c.rel_path, c.size, c.md5)])
@@ -155,80 +226,98 @@ class Fetcher:
     async def fetch_zip(self, work: SeriesWork) -> int:
         """Fetch the series ZIP; commit every complete entry. Returns files newly committed.
 
-        Raises on a broken stream (after committing what was complete) so the engine retries.
+        Entries are finalised (header check, rename, record) in worker threads while the
+        stream goes on, at most ``_PIPELINE`` at once. Raises on a broken stream, after
+        committing every entry that was complete, so the engine retries.
         """
         endpoint, params = self.client.image_request(work.uid, md5=self.md5)
         series_dir = self._series_dir(work)
         reader = ZipStreamReader(self.limits)
         kind = ""
         name = ""
-        writer: AtomicWriter | None = None
-        digest: Any = None
+        entry: _Entry | None = None
         small = bytearray()
         by_name: dict[str, _Committed] = {}
         archive_md5: dict[str, str] | None = None
         ended = False
         rejected: list[str] = []
+        claimed: set[str] = set()
         before = len(work.done)
+        slots = anyio.Semaphore(_PIPELINE)
+        stream_error: Exception | None = None
+
+        async def finish(e: _Entry) -> None:
+            try:
+                # shielded: a cancelled run still records what it renamed into place
+                with anyio.CancelScope(shield=True):
+                    c = await anyio.to_thread.run_sync(self._finalize_entry, e, work, claimed)
+                    if c is not None:
+                        self._record(work, c)
+                        by_name[e.name] = c
+            finally:
+                e.discard()
+                slots.release()
+
         try:
-            async with self.client.open(endpoint, params) as resp:
-                async for chunk in resp.content.iter_chunked(CHUNK):
-                    self.progress.on_bytes(len(chunk))
-                    for ev in reader.feed(chunk):
-                        if isinstance(ev, EntryData):
-                            if kind == "dicom":
-                                assert writer is not None
-                                writer.write(ev.data)
-                                digest.update(ev.data)
-                            elif kind in ("license", "md5"):
-                                small += ev.data
-                                if len(small) > _SMALL_CAP:
-                                    raise DataError(f"ZIP entry {name!r} is implausibly large")
-                        elif isinstance(ev, EntryStart):
-                            name = ev.name
-                            base = safe_entry_name(ev.name)
-                            small.clear()
-                            if base is None:
-                                kind = "rejected"
-                                rejected.append(ev.name)
-                            elif base.upper() == "LICENSE":
-                                kind = "license"
-                            elif base.lower() == "md5hashes.csv":
-                                kind = "md5"
-                            else:
-                                kind = "dicom"
-                                writer = self._writer(series_dir / f"entry-{ev.index:08d}.dcm")
-                                digest = hashlib.md5(usedforsecurity=False)
-                        elif isinstance(ev, EntryEnd):
-                            if kind == "dicom":
-                                assert writer is not None
-                                # ``writer`` stays set until _finalize is over: a cancel before
-                                # it ran must still abort (remove) the temp file, in ``finally``
-                                w = writer
-                                if not ev.crc_ok:
-                                    w.abort()
-                                    work.problem("crc_mismatch", found=name)
-                                else:
-                                    c = await anyio.to_thread.run_sync(
-                                        self._finalize, w, work, digest.hexdigest(), ev.size, None
-                                    )
-                                    if c is not None:
-                                        self._record(work, c)
-                                        by_name[name] = c
-                                writer = None
-                            elif kind == "license" and ev.crc_ok:
-                                await anyio.to_thread.run_sync(
-                                    self._write_license, work, bytes(small)
-                                )
-                            elif kind == "md5" and ev.crc_ok:
-                                archive_md5 = parse_md5_csv(bytes(small))
-                            kind = ""
-                        elif isinstance(ev, ArchiveEnd):
-                            ended = True
-                reader.close()
+            async with anyio.create_task_group() as tg:
+                try:
+                    async with self.client.open(endpoint, params) as resp:
+                        async for chunk in resp.content.iter_chunked(CHUNK):
+                            self.progress.on_bytes(len(chunk))
+                            for ev in reader.feed(chunk):
+                                if isinstance(ev, EntryData):
+                                    if kind == "dicom":
+                                        assert entry is not None
+                                        entry.add(ev.data, self._writer)
+                                    elif kind in ("license", "md5"):
+                                        small += ev.data
+                                        if len(small) > _SMALL_CAP:
+                                            raise DataError(
+                                                f"ZIP entry {name!r} is implausibly large"
+                                            )
+                                elif isinstance(ev, EntryStart):
+                                    name = ev.name
+                                    base = safe_entry_name(ev.name)
+                                    small.clear()
+                                    if base is None:
+                                        kind = "rejected"
+                                        rejected.append(ev.name)
+                                    elif base.upper() == "LICENSE":
+                                        kind = "license"
+                                    elif base.lower() == "md5hashes.csv":
+                                        kind = "md5"
+                                    else:
+                                        kind = "dicom"
+                                        entry = _Entry(
+                                            ev.name, series_dir / f"entry-{ev.index:08d}.dcm"
+                                        )
+                                elif isinstance(ev, EntryEnd):
+                                    if kind == "dicom":
+                                        assert entry is not None
+                                        e, entry = entry, None
+                                        if not ev.crc_ok:
+                                            e.discard()
+                                            work.problem("crc_mismatch", found=name)
+                                        else:
+                                            await slots.acquire()
+                                            tg.start_soon(finish, e)
+                                    elif kind == "license" and ev.crc_ok:
+                                        await anyio.to_thread.run_sync(
+                                            self._write_license, work, bytes(small)
+                                        )
+                                    elif kind == "md5" and ev.crc_ok:
+                                        archive_md5 = parse_md5_csv(bytes(small))
+                                    kind = ""
+                                elif isinstance(ev, ArchiveEnd):
+                                    ended = True
+                        reader.close()
+                except Exception as exc:  # let the finishers commit what was complete
+                    stream_error = exc
         finally:
-            if writer is not None:
-                writer.abort()
+            if entry is not None:
+                entry.discard()
+        if stream_error is not None:
+            raise stream_error
         if rejected:
             work.zip_untrusted = True
             work.notes.append(f"rejected {len(rejected)} ZIP entr(ies) with unsafe names")
@@ -258,6 +347,7 @@ class Fetcher:
         writer = self._writer(series_dir / instance_filename(sop))
         digest = hashlib.md5(usedforsecurity=False)
         size = 0
+        head = bytearray()
         try:
             async with self.client.open(endpoint, params) as resp:
                 async for chunk in resp.content.iter_chunked(CHUNK):
@@ -265,8 +355,10 @@ class Fetcher:
                     writer.write(chunk)
                     digest.update(chunk)
                     size += len(chunk)
+                    if len(head) < _HEAD:
+                        head += chunk[: _HEAD - len(head)]
             c = await anyio.to_thread.run_sync(
-                self._finalize, writer, work, digest.hexdigest(), size, sop
+                self._finalize, writer, work, digest.hexdigest(), size, sop, bytes(head)
             )
         except BaseException:
             writer.abort()
