@@ -173,7 +173,7 @@ class ArchiveClient:
                 connect=self.config.connect_timeout,
                 sock_read=self.config.read_timeout,
             )
-            connector = aiohttp.TCPConnector(limit=self._limit * 2, limit_per_host=0)
+            connector = aiohttp.TCPConnector(limit=0)  # the limiter bounds requests, not the pool
             self._session = aiohttp.ClientSession(
                 timeout=timeout,
                 connector=connector,
@@ -200,6 +200,12 @@ class ArchiveClient:
         if self._tokens is not None:
             return self._tokens.secrets()
         return self.config.credentials.secrets()
+
+    def set_concurrency(self, n: int) -> None:
+        """Change how many requests may run at once (e.g. wide for planning, then transfers)."""
+        self._limit = max(1, n)
+        self._ok_streak = 0
+        self._limiter.total_tokens = self._limit
 
     @property
     def concurrency(self) -> int:

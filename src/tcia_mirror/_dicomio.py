@@ -51,7 +51,21 @@ def file_md5(path: Path, chunk: int = 1 << 20) -> str:
 
 
 _WANTED = {0x00080018: "sop", 0x0020000E: "series", 0x0020000D: "study", 0x00100020: "patient"}
-_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+_LONG_VRS = {
+    b"OB",
+    b"OD",
+    b"OF",
+    b"OL",
+    b"OV",
+    b"OW",
+    b"SQ",
+    b"SV",
+    b"UC",
+    b"UN",
+    b"UR",
+    b"UT",
+    b"UV",
+}
 _IMPLICIT_LE = "1.2.840.10008.1.2"
 _EXPLICIT_LE = "1.2.840.10008.1.2.1"
 
@@ -106,6 +120,10 @@ def ids_from_head(head: bytes) -> DicomIds | None:
         pos += length
     else:
         return None  # ran out of bytes before passing the tags we want
-    ids = DicomIds(found.get("sop") or None, found.get("series") or None,
-                   found.get("study") or None, found.get("patient") or None)
+    ids = DicomIds(
+        found.get("sop") or None,
+        found.get("series") or None,
+        found.get("study") or None,
+        found.get("patient") or None,
+    )
     return ids if ids.sop_uid and ids.series_uid else None

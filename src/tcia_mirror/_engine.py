@@ -45,7 +45,8 @@ from ._verifier import check_series
 
 Mode = Literal["zip", "single"]
 STATE_DIR = ".tcia-mirror"
-PER_REQUEST_COST = 64 * 1024  # bytes a request "costs" in latency, when choosing single vs ZIP
+PER_REQUEST_COST = 64 * 1024
+PLAN_CONCURRENCY = 32  # planning requests at once (at least; 2 x --concurrency when larger)  # bytes a request "costs" in latency, when choosing single vs ZIP
 META_FIELDS = ("selection", "layout", "api", "base_url", "last_sync")
 
 
@@ -237,13 +238,19 @@ class Mirror:
     ) -> PlanResult:
         known = {s.uid: s for s in store.series()}
         self.progress.on_message(f"planning {selection.describe()}")
-        plan = await make_plan(
-            client,
-            selection,
-            concurrency=max(2, concurrency * 2),
-            known=known,
-            on_message=self.progress.on_message,
-        )
+        # planning requests are small: let more of them run at once than transfers
+        wide = max(PLAN_CONCURRENCY, concurrency * 2)
+        client.set_concurrency(wide)
+        try:
+            plan = await make_plan(
+                client,
+                selection,
+                concurrency=wide,
+                known=known,
+                on_message=self.progress.on_message,
+            )
+        finally:
+            client.set_concurrency(concurrency)
         store.record_plan(plan.series)
         for p in plan.series:
             state = store.get_series(p.uid)
