@@ -446,8 +446,10 @@ async def test_decompression_bomb_is_refused_and_named(tmp_path: Path) -> None:
     async with CraftedSim(ds) as sim:
         sim.zips[uid] = bomb
         report = await Mirror(tmp_path, cfg(sim), sleep=Sleeps()).download(Selection(series=(uid,)))
-        assert outcome(report, tmp_path, ds, [uid]) == {uid}
+        # the bomb is refused; the series is then finished with single images, never the ZIP again
+        assert outcome(report, tmp_path, ds, [uid]) == set()
         assert "decompression bomb" in " ".join(report.series[0]["notes"])
+        assert sum(n for k, n in sim.image_requests.items() if k[0] == "getImage") == 1
         assert all(p.stat().st_size < 2**20 for p in walk_files(tmp_path))
 
 

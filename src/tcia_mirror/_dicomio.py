@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +24,9 @@ class DicomIds:
 def read_ids(path: Path | str) -> DicomIds | None:
     """The UIDs in a file's header, or None when it is not a readable DICOM file."""
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_TAGS)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # odd VRs are not our concern; the UIDs are
+            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_TAGS)
     except (InvalidDicomError, OSError, ValueError, EOFError, TypeError, AttributeError):
         return None
     except Exception:  # pydicom raises assorted errors on garbage; garbage is "not DICOM"

@@ -467,14 +467,17 @@ class Mirror:
                     w.attempts += 1
                     await fetcher.fetch_zip(w)
                 else:
-                    if not await fetcher.fetch_single(w, job[2]):
-                        pass  # the problem is recorded on w
+                    await fetcher.fetch_single(w, job[2])  # a refusal is recorded on w
             except (AuthError, UnreachableError, DiskError):
                 raise  # the run cannot go on: stop, keep what is committed
             except (BadRequestError, NotFoundError) as exc:
                 w.problem("archive_refused", found=str(exc))
                 w.stalls = opts.max_stalls  # retrying will not help
-            except (RemoteError, DataError, aiohttp.ClientError, TimeoutError) as exc:
+            except DataError as exc:
+                w.notes.append(_one_line(exc))
+                if job[0] == "zip":
+                    w.zip_untrusted = True  # a broken or hostile ZIP: finish with single images
+            except (RemoteError, aiohttp.ClientError, TimeoutError) as exc:
                 w.notes.append(_one_line(exc))
             w.outstanding -= 1
             if w.outstanding > 0:
