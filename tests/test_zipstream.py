@@ -121,6 +121,8 @@ ENTRIES = [
 VARIANTS = {
     "stored": dict(method=zipfile.ZIP_STORED),
     "stored-zip64": dict(method=zipfile.ZIP_STORED, zip64=True),
+    "stored-descriptor": dict(method=zipfile.ZIP_STORED, seekable=False),
+    "stored-descriptor-zip64": dict(method=zipfile.ZIP_STORED, seekable=False, zip64=True),
     "deflated": dict(method=zipfile.ZIP_DEFLATED),
     "deflated-descriptor": dict(method=zipfile.ZIP_DEFLATED, seekable=False),
     "deflated-descriptor-zip64": dict(method=zipfile.ZIP_DEFLATED, seekable=False, zip64=True),
@@ -392,10 +394,33 @@ def test_unsupported_method_rejected() -> None:
         read_all(blob)
 
 
-def test_stored_entry_without_size_rejected() -> None:
-    blob = make_zip([("a.dcm", b"x" * 100)], zipfile.ZIP_STORED, seekable=False)
-    with pytest.raises(DataError, match="unsupported ZIP: stored entry without size"):
-        read_all(blob)
+@settings(max_examples=60, deadline=None)
+@given(
+    entries=st.lists(st.binary(min_size=0, max_size=3000), min_size=1, max_size=4),
+    sizes=st.lists(st.integers(1, 700), min_size=1, max_size=8),
+)
+def test_stored_entries_without_size_are_found_by_their_descriptor(
+    entries: list[bytes], sizes: list[int]
+) -> None:
+    # Python's zipfile writing STORED to a stream: sizes only in the data descriptor. The data
+    # may even contain descriptor signatures; only one whose CRC and size match ends the entry.
+    decoys = [d + b"PK\x07\x08" + d[:12] for d in entries]
+    named = [(f"{i:08d}.dcm", d) for i, d in enumerate(decoys)]
+    blob = make_zip(named, zipfile.ZIP_STORED, seekable=False)
+    got = read_all(blob, sizes)
+    assert [(n, d, True) for n, d in named] == got.complete
+
+
+def test_stored_entry_without_size_truncated_keeps_complete_entries() -> None:
+    named = [("00000001.dcm", b"a" * 500), ("00000002.dcm", b"b" * 500)]
+    blob = make_zip(named, zipfile.ZIP_STORED, seekable=False)
+    ends = entry_ends(blob)
+    reader = ZipStreamReader()
+    got = Collected()
+    got.take(reader.feed(blob[: ends[0] + 100]))
+    assert [c[0] for c in got.complete] == ["00000001.dcm"]
+    with pytest.raises(DataError, match="ZIP ended in the middle of entry"):
+        reader.close()
 
 
 # --- safe_entry_name --------------------------------------------------------------------------

@@ -207,7 +207,10 @@ class ZipStreamReader:
             state = self._state
             if state == _S_DATA:
                 if self._method == _STORED:
-                    pos = self._stored(buf, pos, events)
+                    new = self._stored(buf, pos, events)
+                    if new == pos and self._state == _S_DATA:
+                        return pos  # an unsized stored entry waits for more input
+                    pos = new
                 else:
                     pos = self._inflate(buf, pos, events)
             elif state == _S_HEADER:
@@ -280,11 +283,6 @@ class ZipStreamReader:
             zip64 = True  # writer announced ZIP64 (descriptor sizes are then 8 bytes)
         descriptor = bool(flags & _FLAG_DESCRIPTOR)
         if method == _STORED:
-            if descriptor and csize == 0 and usize == 0 and crc == 0:
-                raise DataError(
-                    f"unsupported ZIP: stored entry without size ({where}); "
-                    "its end cannot be found safely"
-                )
             if csize != usize:
                 raise DataError(
                     f"{where} of the ZIP is stored but claims {csize} bytes stored for "
@@ -302,18 +300,59 @@ class ZipStreamReader:
         self._hdr_crc, self._hdr_csize, self._hdr_usize = crc, csize, usize
         self._crc = self._csize = self._usize = 0
         if method == _STORED:
-            self._remaining = csize
+            # stored + descriptor without sizes (Python's zipfile on a stream): scan for the end
+            unsized = descriptor and csize == 0 and usize == 0 and crc == 0
+            self._remaining = -1 if unsized else csize
         else:
             self._remaining = csize if not descriptor else -1  # -1: until the deflate stream ends
             self._inflater = zlib.decompressobj(-15)
         events.append(EntryStart(name, index))
         self._state = _S_DATA
         pos += total
-        if method == _STORED and csize == 0:
+        if method == _STORED and self._remaining == 0:
             self._end_of_data(events)
         return pos
 
+    def _stored_unsized(self, buf: bytes, pos: int, events: list[ZipEvent]) -> int:
+        """A stored entry of unknown size ends at a data descriptor whose CRC-32 and size
+        match every byte before it (a false match needs a CRC collision at a signature)."""
+        end = len(buf)
+        search = pos
+        while True:
+            j = buf.find(_DD_SIG, search, end)
+            if j < 0 or end - j < 16:
+                break
+            crc = zlib.crc32(buf[pos:j], self._crc)
+            size = self._usize + (j - pos)
+            (d_crc, d_size) = struct.unpack_from("<II", buf, j + 4)
+            wide = end - j >= 24 and struct.unpack_from("<Q", buf, j + 8)[0] == size
+            if d_crc == crc and (d_size == (size & _U32) or wide):
+                self._take_stored(buf[pos:j], events)
+                self._remaining = 0
+                self._end_of_data(events)
+                return j
+            search = j + 1
+        # no end yet: pass on all but a tail that may hold the start of the descriptor
+        stop = j if j >= 0 else max(pos, end - 23)
+        self._take_stored(buf[pos:stop], events)
+        return stop
+
+    def _take_stored(self, chunk: bytes, events: list[ZipEvent]) -> None:
+        if not chunk:
+            return
+        self._crc = zlib.crc32(chunk, self._crc)
+        self._usize += len(chunk)
+        self._csize += len(chunk)
+        if self._usize > self.limits.max_entry_size:
+            raise DataError(
+                f"{self._describe()} of the ZIP is larger than the limit of "
+                f"{self.limits.max_entry_size} bytes"
+            )
+        events.append(EntryData(chunk))
+
     def _stored(self, buf: bytes, pos: int, events: list[ZipEvent]) -> int:
+        if self._remaining < 0:
+            return self._stored_unsized(buf, pos, events)
         take = min(self._remaining, len(buf) - pos)
         # the whole chunk belongs to the entry: no copy
         chunk = buf if pos == 0 and take == len(buf) else buf[pos : pos + take]
