@@ -282,12 +282,11 @@ class ZipStreamReader:
         elif _find_extra(extra, 0x0001) is not None:
             zip64 = True  # writer announced ZIP64 (descriptor sizes are then 8 bytes)
         descriptor = bool(flags & _FLAG_DESCRIPTOR)
-        if method == _STORED:
-            if csize != usize:
-                raise DataError(
-                    f"{where} of the ZIP is stored but claims {csize} bytes stored for "
-                    f"{usize} bytes of content"
-                )
+        if method == _STORED and csize != usize:
+            raise DataError(
+                f"{where} of the ZIP is stored but claims {csize} bytes stored for "
+                f"{usize} bytes of content"
+            )
         known = not descriptor or bool(csize or usize or crc)  # bit 3 + real header sizes: trust
         if known and usize > self.limits.max_entry_size:
             raise DataError(
