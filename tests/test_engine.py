@@ -212,3 +212,24 @@ async def test_status_counts(tmp_path: Path) -> None:
         )
         assert os.path.exists(tmp_path / ".tcia-mirror" / "state.sqlite")
         assert StateStore  # imported for the path contract
+
+
+async def test_archive_without_series_size_or_sop_lists_is_still_mirrored(tmp_path: Path) -> None:
+    from aiohttp import web
+
+    async with running_sim() as sim:
+        app_handler = sim._nbia  # the real handler, answering everything else
+
+        async def broken(request: web.Request) -> web.StreamResponse:
+            if request.match_info["endpoint"] in ("getSeriesSize", "getSOPInstanceUIDs"):
+                return web.Response(status=404, text="Not Found")
+            return await app_handler(request)
+
+        sim._nbia = broken  # type: ignore[method-assign]
+        # restart the app so the route picks the patched handler
+        await sim.stop()
+        await sim.start()
+        s = sim.dataset.series[0]
+        report = await Mirror(tmp_path, config_for(sim)).download(Selection(series=(s.series_uid,)))
+        assert report.ok, report.problems
+        assert dicom_files(tmp_path) == ground_truth_files(sim, [s.series_uid])

@@ -15,13 +15,16 @@ from typing import Any, TypeVar
 import anyio
 
 from ._client import ArchiveClient
-from ._errors import first_error
+from ._errors import BadRequestError, NotFoundError, ProtocolError, ServerError, first_error
 from ._layout import fields_from_series
-from ._models import Series
+from ._models import Series, SeriesSize
 from ._selection import Selection
 from ._store import SeriesPlan, SeriesState
 
 T = TypeVar("T")
+
+# an archive that cannot answer these per-series questions still lets us plan the series
+_OPTIONAL = (BadRequestError, NotFoundError, ProtocolError, ServerError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,10 +167,20 @@ async def make_plan(
         async with _one_error(), anyio.create_task_group() as tg:
 
             async def size() -> None:
-                out["size"] = await client.series_size(s.series_instance_uid)
+                try:
+                    out["size"] = await client.series_size(s.series_instance_uid)
+                except _OPTIONAL as exc:  # getSeries' ImageCount/FileSize stand in
+                    out["size"] = SeriesSize(None, None)
+                    if on_message:
+                        on_message(f"getSeriesSize {s.series_instance_uid}: {exc}")
 
             async def sops() -> None:
-                out["sops"] = await client.sop_instance_uids(s.series_instance_uid)
+                try:
+                    out["sops"] = await client.sop_instance_uids(s.series_instance_uid)
+                except _OPTIONAL as exc:  # the ZIP tells which instances there are
+                    out["sops"] = []
+                    if on_message:
+                        on_message(f"getSOPInstanceUIDs {s.series_instance_uid}: {exc}")
 
             tg.start_soon(size)
             tg.start_soon(sops)
