@@ -233,3 +233,19 @@ async def test_archive_without_series_size_or_sop_lists_is_still_mirrored(tmp_pa
         report = await Mirror(tmp_path, config_for(sim)).download(Selection(series=(s.series_uid,)))
         assert report.ok, report.problems
         assert dicom_files(tmp_path) == ground_truth_files(sim, [s.series_uid])
+
+
+async def test_progress_bytes_end_at_the_dicom_total(tmp_path: Path) -> None:
+    from tcia_mirror.simulator import Faults
+
+    async with running_sim(faults=Faults(drop_rate=0.3, seed=3)) as sim:
+        coll = sim.dataset.series[0].collection
+        progress = RecordingProgress()
+        report = await Mirror(tmp_path, config_for(sim), progress=progress).download(
+            Selection(collection=coll)
+        )
+        assert report.ok, report.problems
+        total = sum(sim.dataset.series_size(u)[0] for u in collection_series(sim, coll))
+        # uncompressed DICOM bytes, with bytes of broken transfers taken back
+        assert progress.bytes == total == progress.started["bytes_total"]
+        assert report.bytes_received == total

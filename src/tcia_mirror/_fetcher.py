@@ -254,6 +254,8 @@ class Fetcher:
                     if c is not None:
                         self._record(work, c)
                         by_name[e.name] = c
+                    else:
+                        self.progress.on_bytes(-e.size)  # rejected: take its bytes back
             finally:
                 e.discard()
                 slots.release()
@@ -263,12 +265,12 @@ class Fetcher:
                 try:
                     async with self.client.open(endpoint, params) as resp:
                         async for chunk in resp.content.iter_chunked(CHUNK):
-                            self.progress.on_bytes(len(chunk))
                             for ev in reader.feed(chunk):
                                 if isinstance(ev, EntryData):
                                     if kind == "dicom":
                                         assert entry is not None
                                         entry.add(ev.data, self._writer)
+                                        self.progress.on_bytes(len(ev.data))
                                     elif kind in ("license", "md5"):
                                         small += ev.data
                                         if len(small) > _SMALL_CAP:
@@ -297,6 +299,7 @@ class Fetcher:
                                         e, entry = entry, None
                                         if not ev.crc_ok:
                                             e.discard()
+                                            self.progress.on_bytes(-e.size)
                                             work.problem("crc_mismatch", found=name)
                                         else:
                                             await slots.acquire()
@@ -314,8 +317,9 @@ class Fetcher:
                 except Exception as exc:  # let the finishers commit what was complete
                     stream_error = exc
         finally:
-            if entry is not None:
+            if entry is not None:  # the stream broke inside this entry
                 entry.discard()
+                self.progress.on_bytes(-entry.size)
         if stream_error is not None:
             raise stream_error
         if rejected:
@@ -338,6 +342,7 @@ class Fetcher:
             work.problem("md5_mismatch", expected=archive_md5[n], found=c.md5, sop=c.sop)
             (self.root / c.rel_path).unlink(missing_ok=True)
             work.done.pop(c.sop, None)
+            self.progress.on_bytes(-c.size)
 
     # -- single instances --------------------------------------------------------------------
     async def fetch_single(self, work: SeriesWork, sop: str) -> bool:
@@ -351,8 +356,8 @@ class Fetcher:
         try:
             async with self.client.open(endpoint, params) as resp:
                 async for chunk in resp.content.iter_chunked(CHUNK):
-                    self.progress.on_bytes(len(chunk))
                     writer.write(chunk)
+                    self.progress.on_bytes(len(chunk))
                     digest.update(chunk)
                     size += len(chunk)
                     if len(head) < _HEAD:
@@ -362,8 +367,10 @@ class Fetcher:
             )
         except BaseException:
             writer.abort()
+            self.progress.on_bytes(-size)
             raise
         if c is None:
+            self.progress.on_bytes(-size)
             return False
         self._record(work, c)
         return True
