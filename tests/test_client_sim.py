@@ -75,12 +75,20 @@ async def test_every_format_parses_to_the_same_rows(profile: str, fmt: str) -> N
     async with running_sim() as sim:
         s0 = sim.dataset.series[0]
         async with ArchiveClient(config_for(sim, profile, credentials=creds_for(profile))) as c:
+            old = c._date("NewPatientsInCollection", datetime.date(1990, 1, 1))
             for endpoint, params in [
                 ("getCollectionValues", {}),
+                ("getModalityValues", {"Collection": s0.collection}),
+                ("getBodyPartValues", {"Collection": s0.collection}),
+                ("getManufacturerValues", {"Collection": s0.collection}),
+                ("getPatient", {"Collection": s0.collection}),
+                ("PatientsByModality", {"Collection": s0.collection, "Modality": s0.modality}),
+                ("getPatientStudy", {"Collection": s0.collection}),
                 ("getSeries", {"Collection": s0.collection}),
                 ("getSeriesSize", {"SeriesInstanceUID": s0.series_uid}),
+                ("NewPatientsInCollection", {"Collection": s0.collection, "Date": old}),
+                ("NewStudiesInPatientCollection", {"Collection": s0.collection, "Date": old}),
                 ("getSOPInstanceUIDs", {"SeriesInstanceUID": s0.series_uid}),
-                ("getPatientStudy", {"Collection": s0.collection}),
             ]:
                 as_json = await c.raw(endpoint, params, fmt="json")
                 other = await c.raw(endpoint, params, fmt=fmt)
