@@ -91,7 +91,8 @@ async def _demo(out: Path, progress: bool) -> int:
         report = await Mirror(out, cfg, progress=sink).resume(DownloadOptions(concurrency=4))
         sink.close()
         _say(f"   {report.summary()}")
-        _say(f"   (retried {report.retries} failed requests along the way)")
+        if report.retries:
+            _say(f"   (retried {report.retries} failed requests along the way)")
 
         _say(f"\n4. Verifying every file: tcia-mirror verify --out {out}")
         verdict = await Mirror(out).verify()
