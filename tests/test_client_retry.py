@@ -189,3 +189,26 @@ def test_parse_retry_after() -> None:
     assert parse_retry_after("soon", now) is None
     assert parse_retry_after(None) is None
     assert RetryPolicy(cap=4, jitter=0).backoff(10) == 4
+
+
+async def test_token_endpoint_hiccup_is_retried_not_fatal() -> None:
+    sleep = FakeSleep()
+    token = '{"access_token":"tok-123456","expires_in":"soon","token_type":"Bearer"}'
+    script = [status(502, "bad gateway"), ok_json(token), ok_json()]
+    async with scripted(script) as (url, seen):
+        cfg = ClientConfig(
+            profile=load_profile("nbia-v2"),
+            base_url=url,
+            retry=RetryPolicy(attempts=4, base=0.5, jitter=0.0),
+            credentials=Credentials(user="u", password="p"),
+        )
+        async with ArchiveClient(cfg, sleep=sleep) as client:
+            assert await client.collections() == ["A"]
+            assert "tok-123456" not in repr(client._tokens._token)  # type: ignore[union-attr]
+    assert [r.path for r in seen] == [
+        "/nbia-api/oauth/token",
+        "/nbia-api/oauth/token",
+        "/nbia-api/services/v4/getCollectionValues",
+    ]
+    assert seen[2].headers["Authorization"] == "Bearer tok-123456"
+    assert sleep.waits == [0.5]

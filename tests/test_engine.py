@@ -249,3 +249,17 @@ async def test_progress_bytes_end_at_the_dicom_total(tmp_path: Path) -> None:
         # uncompressed DICOM bytes, with bytes of broken transfers taken back
         assert progress.bytes == total == progress.started["bytes_total"]
         assert report.bytes_received == total
+
+
+def test_a_recorded_selection_is_never_silently_narrowed_or_widened() -> None:
+    recorded = Selection(collection="X", modality="MR")
+    with pytest.raises(InputError, match="use another --out"):
+        recorded.union(Selection(collection="X", modality="CT"))
+    with pytest.raises(InputError, match="use another --out"):
+        recorded.union(Selection(collection="X", modality="MR", patients=("P1",)))
+    with pytest.raises(InputError, match="use another --out"):
+        recorded.union(Selection(collection="Y"))
+    same = recorded.union(Selection(collection="X", modality="MR", series=("1.2.3",)))
+    assert same.modality == "MR" and same.series == ("1.2.3",)
+    added = recorded.union(Selection(shared_lists=("L",)))
+    assert added.collection == "X" and added.shared_lists == ("L",)

@@ -11,7 +11,7 @@ from urllib.parse import urljoin
 import aiohttp
 import anyio
 
-from ._errors import AuthError, ProtocolError, UnreachableError, redact
+from ._errors import AuthError, ProtocolError, ServerError, UnreachableError, redact
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,8 +33,8 @@ def resolve_token_url(base_url: str, token_url: str | None) -> str:
 
 @dataclass(slots=True)
 class _Token:
-    access: str
-    refresh: str | None
+    access: str = field(repr=False)
+    refresh: str | None = field(repr=False)
     expires_at: float
     refresh_expires_at: float
 
@@ -121,6 +121,11 @@ class TokenManager:
                 ),
                 status=status,
             )
+        if status == 429 or status >= 500:
+            raise ServerError(
+                f"token endpoint {self.token_url} failed (HTTP {status}); try again later",
+                status=status,
+            )
         if status >= 300:
             raise AuthError(f"token endpoint answered HTTP {status}", status=status)
         try:
@@ -128,8 +133,8 @@ class TokenManager:
             access = str(data["access_token"])
         except (ValueError, KeyError, TypeError):
             raise ProtocolError("token endpoint answered without an access_token") from None
-        expires_in = float(data.get("expires_in") or 7200)
-        refresh_in = float(data.get("refresh_expires_in") or expires_in)
+        expires_in = _seconds(data.get("expires_in"), 7200.0)
+        refresh_in = _seconds(data.get("refresh_expires_in"), expires_in)
         # refresh a little before expiry: 10% of the lifetime, at most a minute
         margin = min(60.0, expires_in * 0.1)
         self.grants += 1
@@ -139,6 +144,14 @@ class TokenManager:
             expires_at=started + expires_in - margin,
             refresh_expires_at=started + refresh_in - margin,
         )
+
+
+def _seconds(value: object, default: float) -> float:
+    try:
+        seconds = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return default
+    return seconds if seconds > 0 else default
 
 
 def _oauth_error(body: bytes) -> str:

@@ -263,47 +263,52 @@ class ArchiveClient:
         reauthed = False
         while True:
             query = dict(wire)
-            headers = await self._auth(query)
             wait_hint: float | None = None
-            async with self._limiter:
-                try:
-                    resp = await self.session.get(url, params=query, headers=headers)
-                except (aiohttp.ClientError, TimeoutError) as exc:
-                    failure: RemoteError = UnreachableError(
-                        f"{spec.name}: the archive at {self.config.root} did not answer "
-                        f"({type(exc).__name__}); check --base-url and your network"
-                    )
-                else:
-                    if resp.status < 300:
-                        self._succeeded()
+            failure: RemoteError
+            try:
+                headers = await self._auth(query)
+            except (ServerError, RateLimitedError, UnreachableError) as exc:
+                failure = exc  # the token endpoint had a hiccup: retry like any request
+            else:
+                async with self._limiter:
+                    try:
+                        resp = await self.session.get(url, params=query, headers=headers)
+                    except (aiohttp.ClientError, TimeoutError) as exc:
+                        failure = UnreachableError(
+                            f"{spec.name}: the archive at {self.config.root} did not answer "
+                            f"({type(exc).__name__}); check --base-url and your network"
+                        )
+                    else:
+                        if resp.status < 300:
+                            self._succeeded()
+                            try:
+                                yield resp
+                            finally:
+                                resp.release()
+                            return
                         try:
-                            yield resp
+                            body = await resp.read()
+                        except (aiohttp.ClientError, TimeoutError):
+                            body = b""
                         finally:
                             resp.release()
-                        return
-                    try:
-                        body = await resp.read()
-                    except (aiohttp.ClientError, TimeoutError):
-                        body = b""
-                    finally:
-                        resp.release()
-                    wait_hint = parse_retry_after(resp.headers.get("Retry-After"))
-                    if resp.status == 401 and self._tokens is not None and not reauthed:
-                        reauthed = True
-                        self._tokens.invalidate()
-                        continue
-                    failure = error_for_status(
-                        resp.status,
-                        body,
-                        spec.name,
-                        auth=self.profile.auth,
-                        retry_after=wait_hint,
-                        secrets=self.secrets(),
-                    )
-                    if resp.status == 429:
-                        self._throttle()
-                    if resp.status not in RETRY_STATUSES:
-                        raise failure
+                        wait_hint = parse_retry_after(resp.headers.get("Retry-After"))
+                        if resp.status == 401 and self._tokens is not None and not reauthed:
+                            reauthed = True
+                            self._tokens.invalidate()
+                            continue
+                        failure = error_for_status(
+                            resp.status,
+                            body,
+                            spec.name,
+                            auth=self.profile.auth,
+                            retry_after=wait_hint,
+                            secrets=self.secrets(),
+                        )
+                        if resp.status == 429:
+                            self._throttle()
+                        if resp.status not in RETRY_STATUSES:
+                            raise failure
             retry += 1
             if retry >= policy.attempts:
                 raise failure

@@ -17,6 +17,7 @@ from ._errors import InputError, StateError
 from ._progress import Progress
 from ._selection import Selection, build_selection
 from ._settings import client_config, resolve
+from ._store import STATE_DIR
 
 
 def _selection_options() -> argparse.ArgumentParser:
@@ -124,16 +125,14 @@ def _selection(args: argparse.Namespace) -> Selection:
 
 
 def _mirror(args: argparse.Namespace, *, recorded_ok: bool, progress: Progress | None) -> Mirror:
-    flags = dict(vars(args))
-    if recorded_ok and (Path(args.out) / ".tcia-mirror").is_dir():
+    recorded: dict[str, Any] = {}
+    if recorded_ok and (Path(args.out) / STATE_DIR).is_dir():
         try:
             rec = Mirror(args.out).recorded()
         except StateError:
             rec = {}
-        for key in ("api", "base_url"):
-            if flags.get(key) is None and rec.get(key):
-                flags[key] = rec[key]
-    settings = resolve(flags)
+        recorded = {k: rec[k] for k in ("api", "base_url") if rec.get(k)}
+    settings = resolve(vars(args), defaults=recorded)
     return Mirror(args.out, client_config(settings), progress=progress)
 
 
@@ -165,7 +164,7 @@ def _options(args: argparse.Namespace, **extra: Any) -> DownloadOptions:
 # -- commands ----------------------------------------------------------------------------------
 def _cmd_plan(args: argparse.Namespace) -> int:
     selection = _selection(args)
-    if selection.is_empty() and not (Path(args.out) / ".tcia-mirror").is_dir():
+    if selection.is_empty() and not (Path(args.out) / STATE_DIR).is_dir():
         raise InputError(
             "nothing selected: give --collection, --shared-list, --manifest, --series or --series-file"
         )
@@ -202,7 +201,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 def _cmd_download(args: argparse.Namespace) -> int:
     selection = _selection(args)
-    fresh = not (Path(args.out) / ".tcia-mirror").is_dir()
+    fresh = not (Path(args.out) / STATE_DIR).is_dir()
     if selection.is_empty() and fresh:
         raise InputError(
             "nothing selected: give --collection, --shared-list, --manifest, --series or --series-file"
@@ -221,7 +220,9 @@ def _cmd_download(args: argparse.Namespace) -> int:
             f"dry run: {report.planned_series} series, {report.planned_instances} instances, "
             f"{report.planned_bytes / 1e6:.1f} MB; enough free space in {args.out}"
         )
-        return 0
+        if report.missing:
+            print(f"not on the archive: {', '.join(report.missing)}")
+        return 1 if report.missing else 0
     return _print_report(args, report)
 
 
@@ -229,7 +230,7 @@ def _existing_mirror_run(
     args: argparse.Namespace, call: Callable[[Mirror], Awaitable[RunReport]]
 ) -> int:
     """resume / sync: a mirror that exists, its recorded connection, one report."""
-    if not (Path(args.out) / ".tcia-mirror").is_dir():
+    if not (Path(args.out) / STATE_DIR).is_dir():
         raise StateError(
             f"{args.out} is not a tcia-mirror mirror; start one with `tcia-mirror download`"
         )

@@ -20,6 +20,7 @@ from ._errors import InputError
 from ._profiles import load_profile
 from ._progress import NullProgress, Progress
 from ._selection import Selection
+from ._store import STATE_DIR
 
 MARKER = "demo-mirror"
 
@@ -79,7 +80,7 @@ async def _demo(out: Path, progress: bool) -> int:
             first = Mirror(out, cfg, progress=_Interrupting(sink, scope, 0.4))
             await first.download(selection, DownloadOptions(concurrency=4))
         sink.close()
-        (out / ".tcia-mirror" / MARKER).touch()
+        (out / STATE_DIR / MARKER).touch()
         st = Mirror(out).status()
         _say(
             f"   interrupted: {st['instances']['complete']}/{st['instances']['total']} files "
@@ -117,7 +118,7 @@ async def _demo(out: Path, progress: bool) -> int:
 def run_demo(*, out: str | None = None, progress: bool = True) -> int:
     root = Path(out or "demo-mirror")
     if root.exists():
-        if (root / ".tcia-mirror" / MARKER).exists():
+        if (root / STATE_DIR / MARKER).exists():
             shutil.rmtree(root)
         elif any(root.iterdir()):
             raise InputError(f"{root} exists and is not a demo mirror; pass --out NEW_DIR")

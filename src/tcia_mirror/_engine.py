@@ -33,20 +33,20 @@ from ._errors import (
     RemoteError,
     StateError,
     UnreachableError,
+    one_error,
 )
 from ._fetcher import Fetcher, SeriesWork
 from ._layout import Layout
-from ._planner import PlanResult, _one_error, make_plan
+from ._planner import PlanResult, make_plan
 from ._progress import NullProgress, Progress
 from ._retry import Sleep, real_sleep
 from ._selection import Selection
-from ._store import SeriesState, StateStore
+from ._store import STATE_DIR, SeriesState, StateStore
 from ._verifier import check_series
 
 Mode = Literal["zip", "single"]
-STATE_DIR = ".tcia-mirror"
-PER_REQUEST_COST = 64 * 1024
-PLAN_CONCURRENCY = 32  # planning requests at once (at least; 2 x --concurrency when larger)  # bytes a request "costs" in latency, when choosing single vs ZIP
+PER_REQUEST_COST = 64 * 1024  # bytes a request "costs" in latency, when choosing single vs ZIP
+PLAN_CONCURRENCY = 32  # planning requests at once (at least; 2 x --concurrency when larger)
 META_FIELDS = ("selection", "layout", "api", "base_url", "last_sync")
 
 
@@ -504,7 +504,7 @@ class Mirror:
                     queue.done(follow)
 
         try:
-            async with _one_error(), anyio.create_task_group() as tg:
+            async with one_error(), anyio.create_task_group() as tg:
                 for _ in range(opts.concurrency):
                     tg.start_soon(worker)
         finally:
@@ -576,12 +576,13 @@ class Mirror:
             results: dict[str, Any] = {}
 
             async def one(s: SeriesState) -> None:
-                insts = store.instances(s.uid)
+                # the instance list is read in the thread too: one series in memory per worker
                 results[s.uid] = await anyio.to_thread.run_sync(
-                    lambda: check_series(self.root, s, insts, deep=deep), limiter=limiter
+                    lambda: check_series(self.root, s, store.instances(s.uid), deep=deep),
+                    limiter=limiter,
                 )
 
-            async with _one_error(), anyio.create_task_group() as tg:
+            async with one_error(), anyio.create_task_group() as tg:
                 for s in states:
                     tg.start_soon(one, s)
             problems: list[dict[str, Any]] = []

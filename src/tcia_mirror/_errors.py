@@ -24,7 +24,8 @@ passes through :func:`redact` with the secrets the client knows.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 
 
 class TciaMirrorError(Exception):
@@ -134,3 +135,12 @@ def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
             if isinstance(leaf, kind):
                 return leaf
     return leaves[0] if leaves else group
+
+
+@asynccontextmanager
+async def one_error() -> AsyncIterator[None]:
+    """Around a task group: raise its first real error, not the exception group."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        raise first_error(group) from None

@@ -20,7 +20,7 @@ import anyio
 from ._atomic import AtomicWriter, disk_error
 from ._client import ArchiveClient
 from ._dicomio import ids_from_head, read_ids
-from ._errors import DataError
+from ._errors import DataError, one_error
 from ._formats import parse_md5_csv
 from ._layout import instance_filename, sanitize_component
 from ._progress import Progress
@@ -261,7 +261,7 @@ class Fetcher:
                 slots.release()
 
         try:
-            async with anyio.create_task_group() as tg:
+            async with one_error(), anyio.create_task_group() as tg:
                 try:
                     async with self.client.open(endpoint, params) as resp:
                         async for chunk in resp.content.iter_chunked(CHUNK):

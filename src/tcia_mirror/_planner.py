@@ -7,15 +7,14 @@ series. The result is plain data; recording it is the store's job.
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import anyio
 
 from ._client import ArchiveClient
-from ._errors import BadRequestError, NotFoundError, ProtocolError, ServerError, first_error
+from ._errors import BadRequestError, NotFoundError, ProtocolError, ServerError, one_error
 from ._layout import fields_from_series
 from ._models import Series, SeriesSize
 from ._selection import Selection
@@ -52,19 +51,10 @@ async def bounded_gather(factories: Sequence[Callable[[], Awaitable[T]]], limit:
         async with limiter:
             results[i] = await make()
 
-    async with _one_error(), anyio.create_task_group() as tg:
+    async with one_error(), anyio.create_task_group() as tg:
         for i, make in enumerate(factories):
             tg.start_soon(run, i, make)
     return results
-
-
-@asynccontextmanager
-async def _one_error() -> AsyncIterator[None]:
-    """Report a task group's first real error, not the group."""
-    try:
-        yield
-    except BaseExceptionGroup as group:
-        raise first_error(group) from None
 
 
 def series_fields(s: Series) -> dict[str, Any]:
@@ -164,7 +154,7 @@ async def make_plan(
 
     async def details(s: Series) -> SeriesPlan:
         out: dict[str, Any] = {}
-        async with _one_error(), anyio.create_task_group() as tg:
+        async with one_error(), anyio.create_task_group() as tg:
 
             async def size() -> None:
                 try:

@@ -72,20 +72,34 @@ class Selection:
         except (ValueError, TypeError) as exc:
             raise InputError(f"recorded selection is unreadable: {exc}") from None
 
+    def _filters(self) -> tuple[object, ...]:
+        return (
+            tuple(sorted(self.patients)),
+            self.study,
+            self.modality,
+            self.body_part,
+            self.manufacturer,
+            self.manufacturer_model,
+        )
+
     def union(self, other: Selection) -> Selection:
-        if self.collection and other.collection and self.collection != other.collection:
+        """This (recorded) selection plus ``other``; a different collection or filter set is
+        refused rather than silently narrowing or widening what the mirror follows."""
+        changed = self.collection != other.collection or self._filters() != other._filters()
+        if self.collection and other.collection and changed:
             raise InputError(
-                f"this mirror follows collection {self.collection!r}; "
-                f"use another --out for {other.collection!r}"
+                f"this mirror follows {self.describe().split('; ')[0]}; "
+                f"use another --out for {other.describe().split('; ')[0]}"
             )
+        base = self if self.collection else other
         return Selection(
-            collection=self.collection or other.collection,
-            patients=_merge(self.patients, other.patients),
-            study=self.study or other.study,
-            modality=self.modality or other.modality,
-            body_part=self.body_part or other.body_part,
-            manufacturer=self.manufacturer or other.manufacturer,
-            manufacturer_model=self.manufacturer_model or other.manufacturer_model,
+            collection=base.collection,
+            patients=base.patients,
+            study=base.study,
+            modality=base.modality,
+            body_part=base.body_part,
+            manufacturer=base.manufacturer,
+            manufacturer_model=base.manufacturer_model,
             shared_lists=_merge(self.shared_lists, other.shared_lists),
             series=_merge(self.series, other.series),
             sources=_merge(self.sources, other.sources),

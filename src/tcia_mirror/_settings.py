@@ -36,7 +36,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         raise InputError(f"config file not found: {p}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"config file {p} is not valid TOML: {exc}") from None
-    unknown = sorted(set(data) - set(KEYS) - {"concurrency", "mode", "layout"})
+    unknown = sorted(set(data) - set(KEYS))
     if unknown:
         raise InputError(
             f"config file {p}: unknown key(s) {', '.join(unknown)}; known: {', '.join(KEYS)}"
@@ -48,10 +48,12 @@ def resolve(
     flags: Mapping[str, Any],
     *,
     environ: Mapping[str, str] | None = None,
+    defaults: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Merge settings in order: config file < environment < flags. ``None`` means unset."""
+    """Merge settings in order: defaults (e.g. what a mirror recorded) < config file <
+    environment < flags. ``None`` means unset."""
     env = os.environ if environ is None else environ
-    merged: dict[str, Any] = {}
+    merged: dict[str, Any] = dict(defaults or {})
     if flags.get("config"):
         merged.update(read_config_file(flags["config"]))
     for key, var in ENV.items():

@@ -7,6 +7,7 @@ Exit codes: 0 done; 1 finished but incomplete or failing verification; 2 bad usa
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
@@ -163,18 +164,31 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _secrets(args: argparse.Namespace) -> tuple[str | None, ...]:
+    """Every secret the user gave, by flag, environment or config file."""
+    try:
+        settings = resolve(vars(args))
+    except TciaMirrorError:
+        settings = {}
+    return (
+        settings.get("api_key"),
+        settings.get("password"),
+        getattr(args, "api_key", None),
+        getattr(args, "password", None),
+    )
+
+
 def run(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
-    secrets = (getattr(args, "api_key", None), getattr(args, "password", None))
     try:
         try:
             return func(args)
         except BaseExceptionGroup as group:
             raise first_error(group) from None
     except TciaMirrorError as exc:
-        print(f"tcia-mirror: error: {redact(str(exc), secrets)}", file=sys.stderr)
+        print(f"tcia-mirror: error: {redact(str(exc), _secrets(args))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print(
@@ -182,6 +196,14 @@ def run(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # the reader went away (e.g. `| head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except OSError as exc:  # a local resource we did not expect to fail (port, folder ...)
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"tcia-mirror: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -569,8 +569,8 @@ async def serve(
     """Serve a preset dataset until cancelled, after printing the base URL of every profile."""
     dataset = Dataset(DatasetSpec.preset(preset, seed))  # type: ignore[arg-type]
     sim = Simulator(dataset, faults=faults, token_ttl=token_ttl)
-    await sim.start(host=host, port=port)
     try:
+        await sim.start(host=host, port=port)
         n_instances = sum(len(s.instances) for s in dataset.series)
         print_fn(
             f"tcia-mirror archive simulator: preset {preset!r} (seed {seed}), "
