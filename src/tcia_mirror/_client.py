@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -153,6 +154,7 @@ class ArchiveClient:
         self._limiter = anyio.CapacityLimiter(self._limit)
         self._ok_streak = 0
         self.throttled = 0  # 429 answers seen
+        self._throttled_at = -1e9
         self.retries = 0  # retried requests (all causes)
         self._tokens: TokenManager | None = None
         if self.profile.auth == "oauth":
@@ -231,9 +233,14 @@ class ArchiveClient:
         return {}
 
     def _throttle(self) -> None:
+        """Halve concurrency on 429, at most once a second: a burst of 429s answering the
+        requests already in flight is one signal, not one per request."""
         self.throttled += 1
         self._ok_streak = 0
-        self._limiter.total_tokens = max(1, int(self._limiter.total_tokens) // 2)
+        now = time.monotonic()
+        if now - self._throttled_at >= 1.0:
+            self._throttled_at = now
+            self._limiter.total_tokens = max(1, int(self._limiter.total_tokens) // 2)
 
     def _succeeded(self) -> None:
         if int(self._limiter.total_tokens) < self._limit:

@@ -34,6 +34,7 @@ from ._errors import (
     StateError,
     UnreachableError,
     one_error,
+    redact,
 )
 from ._fetcher import Fetcher, SeriesWork
 from ._layout import Layout
@@ -330,6 +331,8 @@ class Mirror:
                     store.set_meta("selection", selection.to_json())
                 planned = store.get_meta("planned") == selection.to_json()
                 if command != "resume" or not planned or not store.series():
+                    if command == "sync" and since is None and store.get_meta("last_sync"):
+                        since = date.fromisoformat(str(store.get_meta("last_sync")))
                     if command == "sync" and since is not None and selection.collection:
                         new = await client.new_patients(selection.collection, since)
                         self.progress.on_message(
@@ -349,6 +352,7 @@ class Mirror:
                     await self._fetch(store, client, todo, opts, report)
                 report.retries = client.retries
                 report.throttled = client.throttled
+                secrets = client.secrets()
             if command == "sync" and not opts.dry_run:
                 store.set_meta("last_sync", date.today().isoformat())
             report.status = store.summary()
@@ -356,7 +360,7 @@ class Mirror:
             report.seconds = time.monotonic() - t0
             if not opts.dry_run:
                 self._write_metadata_csv(store)
-                self._write_report(report)
+                self._write_report(report, secrets)
         return report
 
     async def _check_collection(self, client: ArchiveClient, name: str) -> None:
@@ -610,17 +614,21 @@ class Mirror:
             return store.summary()
 
     # -- outputs -----------------------------------------------------------------------------
-    def _write_json(self, name: str, data: dict[str, Any]) -> None:
+    def _write_json(
+        self, name: str, data: dict[str, Any], secrets: tuple[str | None, ...] = ()
+    ) -> None:
         folder = self.root / STATE_DIR / "reports"
         folder.mkdir(parents=True, exist_ok=True)
-        body = json.dumps(data, indent=2, default=str).encode()
+        # server messages quoted in a report may echo a key or token: never write them
+        body = redact(json.dumps(data, indent=2, default=str), secrets).encode()
         with AtomicWriter(folder / name, fsync=False) as w:
             w.write(body)
             w.commit()
 
-    def _write_report(self, report: RunReport) -> None:
-        self._write_json(f"{report.command}-{_stamp()}.json", report.to_dict())
-        self._write_json("last-run.json", report.to_dict())
+    def _write_report(self, report: RunReport, secrets: tuple[str | None, ...]) -> None:
+        data = report.to_dict()
+        self._write_json(f"{report.command}-{_stamp()}.json", data, secrets)
+        self._write_json("last-run.json", data, secrets)
 
     def _write_metadata_csv(self, store: StateStore) -> None:
         buf = io.StringIO()
