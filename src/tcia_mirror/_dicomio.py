@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,8 +80,6 @@ def ids_from_head(head: bytes) -> DicomIds | None:
     Returns None when unsure (no preamble, other transfer syntax, undefined lengths, tags beyond
     ``head``); the caller then asks :func:`read_ids`.
     """
-    import struct
-
     if len(head) < 132 or head[128:132] != b"DICM":
         return None
     pos, end = 132, len(head)

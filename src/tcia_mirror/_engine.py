@@ -448,19 +448,6 @@ class Mirror:
                 yield from jobs
 
         queue = _JobQueue(initial())
-        received = 0
-
-        def count_bytes(n: int) -> None:
-            nonlocal received
-            received += n
-
-        inner = self.progress.on_bytes
-
-        def on_bytes(n: int) -> None:
-            count_bytes(n)
-            inner(n)
-
-        fetcher.progress = _Tee(self.progress, on_bytes)
 
         async def run_job(job: tuple[Any, ...]) -> list[tuple[Any, ...]]:
             w: SeriesWork = job[1]
@@ -512,42 +499,25 @@ class Mirror:
                 for _ in range(opts.concurrency):
                     tg.start_soon(worker)
         finally:
-            report.bytes_received += received
+            report.bytes_received += fetcher.bytes_received
             report.files_committed += fetcher.files_committed
 
     def _finalize(self, store: StateStore, w: SeriesWork, report: RunReport) -> None:
         found = len(w.done)
         found_bytes = sum(size for _p, size, _m in w.done.values())
-        problems = list(w.problems)
         missing = w.missing()
         if missing:
-            problems.append(
-                {
-                    "series": w.uid,
-                    "kind": "missing_instances",
-                    "expected": len(w.expected),
-                    "found": found,
-                    "detail": (w.notes[-1] if w.notes else None),
-                }
+            w.problem(
+                "missing_instances",
+                expected=len(w.expected),
+                found=found,
+                detail=(w.notes[-1] if w.notes else None),
             )
-        if w.expected_count is not None and found != w.expected_count and not missing:
-            problems.append(
-                {
-                    "series": w.uid,
-                    "kind": "object_count",
-                    "expected": w.expected_count,
-                    "found": found,
-                }
-            )
-        if w.expected_bytes is not None and found_bytes != w.expected_bytes and not missing:
-            problems.append(
-                {
-                    "series": w.uid,
-                    "kind": "total_bytes",
-                    "expected": w.expected_bytes,
-                    "found": found_bytes,
-                }
-            )
+        elif w.expected_count is not None and found != w.expected_count:
+            w.problem("object_count", expected=w.expected_count, found=found)
+        if not missing and w.expected_bytes is not None and found_bytes != w.expected_bytes:
+            w.problem("total_bytes", expected=w.expected_bytes, found=found_bytes)
+        problems = list(w.problems)
         outcome = "failed" if problems else "complete"
         error = "; ".join(sorted({p["kind"] for p in problems})) or None
         store.set_series_status(w.uid, outcome, error=error, attempt=True)
@@ -669,17 +639,6 @@ class Mirror:
         with AtomicWriter(self.root / "metadata.csv", fsync=False) as w:
             w.write(buf.getvalue().encode("utf-8"))
             w.commit()
-
-
-class _Tee:
-    """The engine's progress sink with byte counting put in front."""
-
-    def __init__(self, inner: Progress, on_bytes: Any) -> None:
-        self._inner = inner
-        self.on_bytes = on_bytes
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
 
 
 def _unmatched(selection: Selection, plan: PlanResult) -> list[str]:

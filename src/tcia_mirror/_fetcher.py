@@ -132,9 +132,14 @@ class Fetcher:
         self.fsync = fsync
         self.limits = limits or ZipLimits()
         self.files_committed = 0
+        self.bytes_received = 0  # DICOM bytes, those of discarded transfers taken back
         self._claim_lock = threading.Lock()
 
     # -- shared ----------------------------------------------------------------------------
+    def _bytes(self, n: int) -> None:
+        self.bytes_received += n
+        self.progress.on_bytes(n)
+
     def _series_dir(self, work: SeriesWork) -> Path:
         d = self.root / work.rel_dir
         try:
@@ -239,7 +244,6 @@ class Fetcher:
         small = bytearray()
         by_name: dict[str, _Committed] = {}
         archive_md5: dict[str, str] | None = None
-        ended = False
         rejected: list[str] = []
         claimed: set[str] = set()
         before = len(work.done)
@@ -255,7 +259,7 @@ class Fetcher:
                         self._record(work, c)
                         by_name[e.name] = c
                     else:
-                        self.progress.on_bytes(-e.size)  # rejected: take its bytes back
+                        self._bytes(-e.size)  # rejected: take its bytes back
             finally:
                 e.discard()
                 slots.release()
@@ -270,7 +274,7 @@ class Fetcher:
                                     if kind == "dicom":
                                         assert entry is not None
                                         entry.add(ev.data, self._writer)
-                                        self.progress.on_bytes(len(ev.data))
+                                        self._bytes(len(ev.data))
                                     elif kind in ("license", "md5"):
                                         small += ev.data
                                         if len(small) > _SMALL_CAP:
@@ -299,7 +303,7 @@ class Fetcher:
                                         e, entry = entry, None
                                         if not ev.crc_ok:
                                             e.discard()
-                                            self.progress.on_bytes(-e.size)
+                                            self._bytes(-e.size)
                                             work.problem("crc_mismatch", found=name)
                                         else:
                                             await slots.acquire()
@@ -312,14 +316,14 @@ class Fetcher:
                                         archive_md5 = parse_md5_csv(bytes(small))
                                     kind = ""
                                 elif isinstance(ev, ArchiveEnd):
-                                    ended = True
+                                    pass  # reader.close() below checks the archive ended
                         reader.close()
                 except Exception as exc:  # let the finishers commit what was complete
                     stream_error = exc
         finally:
             if entry is not None:  # the stream broke inside this entry
                 entry.discard()
-                self.progress.on_bytes(-entry.size)
+                self._bytes(-entry.size)
         if stream_error is not None:
             raise stream_error
         if rejected:
@@ -328,8 +332,6 @@ class Fetcher:
             work.problem("unsafe_entry_names", found=rejected[:5])
         if archive_md5 is not None:
             await self._check_md5(work, by_name, archive_md5)
-        if not ended:
-            raise DataError("the ZIP ended before its central directory (truncated)")
         return len(work.done) - before
 
     async def _check_md5(
@@ -342,7 +344,7 @@ class Fetcher:
             work.problem("md5_mismatch", expected=archive_md5[n], found=c.md5, sop=c.sop)
             (self.root / c.rel_path).unlink(missing_ok=True)
             work.done.pop(c.sop, None)
-            self.progress.on_bytes(-c.size)
+            self._bytes(-c.size)
 
     # -- single instances --------------------------------------------------------------------
     async def fetch_single(self, work: SeriesWork, sop: str) -> bool:
@@ -357,7 +359,7 @@ class Fetcher:
             async with self.client.open(endpoint, params) as resp:
                 async for chunk in resp.content.iter_chunked(CHUNK):
                     writer.write(chunk)
-                    self.progress.on_bytes(len(chunk))
+                    self._bytes(len(chunk))
                     digest.update(chunk)
                     size += len(chunk)
                     if len(head) < _HEAD:
@@ -367,10 +369,10 @@ class Fetcher:
             )
         except BaseException:
             writer.abort()
-            self.progress.on_bytes(-size)
+            self._bytes(-size)
             raise
         if c is None:
-            self.progress.on_bytes(-size)
+            self._bytes(-size)
             return False
         self._record(work, c)
         return True

@@ -106,6 +106,10 @@ async def _query(args: argparse.Namespace) -> tuple[bytes, str]:
     cfg = client_config(settings)
     spec = cfg.profile.endpoint(args.endpoint)  # unknown endpoint: exit 2 before any request
     spec.wire_params(params)  # missing required parameter: exit 2 before any request
+    if args.metadata and not cfg.profile.metadata:
+        raise InputError(
+            f"API profile {cfg.profile.name} has no /metadata descriptions (tcia-v3 has)"
+        )
     async with ArchiveClient(cfg) as client:
         resp = await client.raw(spec.name, params, fmt=args.format, metadata=args.metadata)
     return resp.body, spec.kind
