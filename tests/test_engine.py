@@ -263,3 +263,26 @@ def test_a_recorded_selection_is_never_silently_narrowed_or_widened() -> None:
     assert same.modality == "MR" and same.series == ("1.2.3",)
     added = recorded.union(Selection(shared_lists=("L",)))
     assert added.collection == "X" and added.shared_lists == ("L",)
+
+
+def test_a_series_whose_zip_broke_twice_is_finished_one_instance_at_a_time() -> None:
+    from tcia_mirror._fetcher import SeriesWork
+
+    sops = [f"1.2.3.{i}" for i in range(10)]
+
+    def work(earlier: int) -> SeriesWork:
+        w = SeriesWork(
+            uid="1.2.3",
+            collection="C",
+            rel_dir="d",
+            expected=frozenset(sops),
+            expected_count=10,
+            expected_bytes=10 * 1000,  # small files: a whole ZIP looks cheaper
+            earlier_attempts=earlier,
+        )
+        w.done[sops[0]] = ("d/x.dcm", 1000, None)
+        return w
+
+    mirror = Mirror("unused")
+    assert [j[0] for j in mirror._jobs_for(work(0), "zip")] == ["zip"]
+    assert [j[0] for j in mirror._jobs_for(work(2), "zip")] == ["single"] * 9

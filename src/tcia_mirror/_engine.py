@@ -395,6 +395,7 @@ class Mirror:
             expected=frozenset(i.sop_uid for i in insts),
             expected_count=s.expected_count,
             expected_bytes=s.expected_bytes,
+            earlier_attempts=s.attempts,
         )
         for i in insts:
             if i.done and i.rel_path is not None:
@@ -411,7 +412,9 @@ class Mirror:
         elif mode == "zip" and w.done and missing and w.expected_bytes:
             n = max(1, w.expected_count or len(w.expected))
             est = w.expected_bytes * len(missing) / n + PER_REQUEST_COST * len(missing)
-            single = est < w.expected_bytes
+            # a series whose ZIP broke off twice (runs killed, links dropping) is not given
+            # a third whole ZIP: its missing instances come one by one
+            single = est < w.expected_bytes or w.attempts + w.earlier_attempts >= 2
         jobs: list[tuple[Any, ...]] = (
             [("single", w, sop) for sop in missing] if single else [("zip", w)]
         )
@@ -456,6 +459,11 @@ class Mirror:
                     await self._sleep(client.config.retry.backoff(w.stalls))
                 if job[0] == "zip":
                     w.attempts += 1
+                    state = store.get_series(w.uid)  # count the try before it can be killed
+                    if state is not None:
+                        store.set_series_status(
+                            w.uid, state.status, error=state.error, attempt=True
+                        )
                     await fetcher.fetch_zip(w)
                 else:
                     await fetcher.fetch_single(w, job[2])  # a refusal is recorded on w
@@ -520,7 +528,7 @@ class Mirror:
         problems = list(w.problems)
         outcome = "failed" if problems else "complete"
         error = "; ".join(sorted({p["kind"] for p in problems})) or None
-        store.set_series_status(w.uid, outcome, error=error, attempt=True)
+        store.set_series_status(w.uid, outcome, error=error)
         report.series.append(
             {
                 "series": w.uid,

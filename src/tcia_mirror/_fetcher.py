@@ -88,9 +88,11 @@ class SeriesWork:
     expected_count: int | None
     expected_bytes: int | None
     done: dict[str, tuple[str, int, str | None]] = field(default_factory=dict)
-    attempts: int = 0
+    attempts: int = 0  # ZIP fetches started in this run
+    earlier_attempts: int = 0  # ZIP fetches started by earlier (perhaps killed) runs
     stalls: int = 0
     outstanding: int = 0
+    archive_md5: dict[str, str] = field(default_factory=dict)  # SOP -> MD5 the archive listed
     zip_untrusted: bool = False  # a ZIP of this series had entries we refused (unsafe names)
     problems: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -177,6 +179,11 @@ class Fetcher:
         if want_sop is not None and ids.sop_uid != want_sop:
             writer.abort()
             work.problem("wrong_instance", expected=want_sop, found=ids.sop_uid)
+            return None
+        listed = work.archive_md5.get(ids.sop_uid)
+        if listed is not None and listed != md5:  # the archive's md5hashes.csv said otherwise
+            writer.abort()
+            work.problem("md5_mismatch", expected=listed, found=md5, sop=ids.sop_uid)
             return None
         if work.expected and ids.sop_uid not in work.expected:
             writer.abort()
@@ -337,6 +344,9 @@ class Fetcher:
     async def _check_md5(
         self, work: SeriesWork, by_name: dict[str, _Committed], archive_md5: dict[str, str]
     ) -> None:
+        for n, c in by_name.items():
+            if n in archive_md5:
+                work.archive_md5[c.sop] = archive_md5[n]
         bad = [(n, c) for n, c in by_name.items() if n in archive_md5 and archive_md5[n] != c.md5]
         if bad:  # the store forgets them first: it must never claim a file that is gone
             self.store.uncommit_instances(work.uid, [c.sop for _n, c in bad])
