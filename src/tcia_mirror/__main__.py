@@ -1,3 +1,3 @@
-from tcia_mirror.cli import main
+from tcia_mirror._entry import main
 
 raise SystemExit(main())

@@ -13,6 +13,9 @@
 
 Disk failures (full, read-only, no permission ...) become :class:`~tcia_mirror._errors.DiskError`
 with advice. The calls are synchronous; the engine runs them in worker threads.
+
+The durability steps go through :class:`FsOps` (``fsync``, ``replace``, ``fsync_dir``), so a
+test can record them and pin their order: data fsynced, then renamed, then the folder fsynced.
 """
 
 from __future__ import annotations
@@ -22,13 +25,14 @@ import os
 import re
 import secrets
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
 
 from ._errors import DiskError
 
-__all__ = ["AtomicWriter", "cleanup_temp_files", "disk_error", "fsync_dir"]
+__all__ = ["DEFAULT_OPS", "AtomicWriter", "FsOps", "cleanup_temp_files", "disk_error", "fsync_dir"]
 
 _TEMP_RE = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{8}\.part$")
 _MAX_TEMP_STEM = 200  # keeps ".<stem>.<pid>.<rand>.part" under the 255-byte name limit
@@ -68,6 +72,18 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+@dataclass(frozen=True, slots=True)
+class FsOps:
+    """The file-system calls that make a commit durable (a seam: tests record their order)."""
+
+    fsync: Callable[[int], None] = os.fsync
+    replace: Callable[[Path, Path], None] = os.replace
+    fsync_dir: Callable[[Path], None] = fsync_dir
+
+
+DEFAULT_OPS = FsOps()
+
+
 class AtomicWriter:
     """Write ``dest`` through a unique temp file in its folder; :meth:`commit` publishes it."""
 
@@ -78,9 +94,11 @@ class AtomicWriter:
         fsync: bool = True,
         opener: Callable[..., BinaryIO] = open,
         mirror_dir: Path | None = None,
+        ops: FsOps = DEFAULT_OPS,
     ) -> None:
         self.dest = Path(dest)
         self._fsync = fsync
+        self._ops = ops
         self._mirror_dir = mirror_dir
         stem = self.dest.name
         if len(stem.encode("utf-8", errors="surrogatepass")) > _MAX_TEMP_STEM:
@@ -136,16 +154,16 @@ class AtomicWriter:
         try:
             f.flush()
             if self._fsync:
-                os.fsync(f.fileno())
+                self._ops.fsync(f.fileno())
             f.close()
             self._file = None
-            os.replace(self._temp, self.dest)
+            self._ops.replace(self._temp, self.dest)
         except OSError as exc:
             self.abort()
             raise disk_error(exc, self.dest, self._mirror_dir) from exc
         self._done = True
         if self._fsync if sync_dir is None else sync_dir:
-            fsync_dir(self.dest.parent)
+            self._ops.fsync_dir(self.dest.parent)
 
     def abort(self) -> None:
         """Drop the temp file (idempotent; a no-op after commit)."""

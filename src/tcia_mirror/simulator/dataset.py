@@ -74,6 +74,7 @@ class SimInstance:
     sop_uid: str
     instance_number: int
     acquisition_number: int | None
+    transfer_syntax: str = dicomgen.EXPLICIT_VR_LE
 
 
 @dataclass(slots=True)
@@ -210,6 +211,7 @@ class Dataset:
         self._by_uid: dict[str, SimSeries] = {}
         self._sop_index: dict[tuple[str, str], int] = {}
         self._headers: dict[tuple[str, str], bytes] = {}
+        self._encapsulated_sizes: dict[tuple[str, str], int] = {}  # PixelData element lengths
         pools_budget = max(64 * 2**20, 8 * dicomgen.pixel_length(spec.rows, spec.cols))
         self._pools: ByteLRU[str, bytes] = ByteLRU(pools_budget, len)
         self._files: ByteLRU[tuple[str, str], bytes] = ByteLRU(cache_bytes, len)
@@ -299,7 +301,8 @@ class Dataset:
                 # Series 3 has two acquisitions (exercises NewFileNames=Yes naming).
                 for i in range(1, n_inst + 1):
                     acquisition = 2 if (n == 3 and i > n_inst // 2) else 1
-                    series.instances.append(SimInstance(self._uid(3, n, i), i, acquisition))
+                    syntax = dicomgen.mixed_transfer_syntax(n, i)
+                    series.instances.append(SimInstance(self._uid(3, n, i), i, acquisition, syntax))
                 self._add_series(series)
                 made.append(series)
         return made
@@ -365,15 +368,24 @@ class Dataset:
             return cached
         series, inst, index = self._require(series_uid, sop_uid)
         pixels = dicomgen.pixel_window(self._pool(series), index, self.spec.rows, self.spec.cols)
-        data = self._header(series, inst) + dicomgen.pixel_element(pixels)
+        element = dicomgen.pixel_element(pixels, inst.transfer_syntax, cols=self.spec.cols)
+        if dicomgen.is_encapsulated(inst.transfer_syntax):
+            self._encapsulated_sizes[(series_uid, sop_uid)] = len(element)
+        data = self._header(series, inst) + element
         self._files.put((series_uid, sop_uid), data)
         return data
 
     def instance_size(self, series_uid: str, sop_uid: str) -> int:
         series, inst, _ = self._require(series_uid, sop_uid)
-        return len(self._header(series, inst)) + dicomgen.pixel_element_length(
-            self.spec.rows, self.spec.cols
-        )
+        if dicomgen.is_encapsulated(inst.transfer_syntax):
+            element = self._encapsulated_sizes.get((series_uid, sop_uid))
+            if element is None:  # compressed size depends on the pixels: build the file once
+                return len(self.instance_bytes(series_uid, sop_uid))
+        else:
+            element = dicomgen.pixel_element_length(
+                self.spec.rows, self.spec.cols, inst.transfer_syntax
+            )
+        return len(self._header(series, inst)) + element
 
     def series_size(self, series_uid: str) -> tuple[int, int]:
         """(total bytes, object count) of the series' DICOM files; KeyError if unknown."""

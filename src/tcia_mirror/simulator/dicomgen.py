@@ -3,20 +3,26 @@
 The header (everything before PixelData) is written once per instance with pydicom and kept;
 the pixel bytes are a window into a per-series pseudo-random "pool", so building an instance is
 one slice and one concatenation. PixelData is the last element, so splicing it after the
-pydicom-written header gives a valid Explicit VR Little Endian file.
+pydicom-written header gives a valid file.
+
+Like a real archive, a series mixes transfer syntaxes (:func:`mixed_transfer_syntax`): mostly
+Explicit VR Little Endian, about a third Implicit VR Little Endian, and a few RLE Lossless
+files whose PixelData is encapsulated (a Basic Offset Table item, one fragment per frame).
 """
 
 from __future__ import annotations
 
 import io
 import random
+import re
 import struct
 from typing import TYPE_CHECKING
 
 from pydicom import dcmwrite
 from pydicom.dataset import Dataset as DicomDataset
 from pydicom.dataset import FileMetaDataset
-from pydicom.uid import UID, ExplicitVRLittleEndian
+from pydicom.encaps import encapsulate
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless
 
 if TYPE_CHECKING:
     from .dataset import SimInstance, SimSeries
@@ -29,8 +35,20 @@ CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 SOP_CLASS_BY_MODALITY = {"CT": CT_IMAGE_STORAGE, "MR": MR_IMAGE_STORAGE}
 
-# (7FE0,0010) OW, explicit VR little endian: tag, VR, 2 reserved bytes, then a 4-byte length.
-_PIXEL_TAG = b"\xe0\x7f\x10\x00OW\x00\x00"
+EXPLICIT_VR_LE = str(ExplicitVRLittleEndian)
+IMPLICIT_VR_LE = str(ImplicitVRLittleEndian)
+RLE_LOSSLESS = str(RLELossless)
+TRANSFER_SYNTAXES = (EXPLICIT_VR_LE, IMPLICIT_VR_LE, RLE_LOSSLESS)
+
+# (7FE0,0010) explicit VR: tag, VR, 2 reserved bytes, then a 4-byte length; implicit VR: tag,
+# then the length. Encapsulated: OB of undefined length, items, a sequence delimiter.
+_PIXEL_TAG = {
+    EXPLICIT_VR_LE: b"\xe0\x7f\x10\x00OW\x00\x00",
+    IMPLICIT_VR_LE: b"\xe0\x7f\x10\x00",
+}
+_ENCAPSULATED_TAG = b"\xe0\x7f\x10\x00OB\x00\x00\xff\xff\xff\xff"
+_SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+_RUN = re.compile(rb"(.)\1{2,}", re.DOTALL)  # 3+ equal bytes: worth a PackBits replicate run
 
 # Low byte of each pixel: 4 bits of noise (so DEFLATE gets about 2.7:1 and runs fast).
 _NOISE_TABLE = bytes(0x30 + (b & 0x0F) for b in range(256))
@@ -44,12 +62,81 @@ def pixel_length(rows: int, cols: int) -> int:
     return rows * cols * 2
 
 
-def pixel_element(pixels: bytes) -> bytes:
-    return _PIXEL_TAG + struct.pack("<I", len(pixels)) + pixels
+def mixed_transfer_syntax(series_number: int, instance_number: int) -> str:
+    """The transfer syntax of an instance: a fixed pattern, so every preset holds all three.
+
+    The 2nd instance of every odd-numbered series is RLE Lossless; of the others, those where
+    ``series_number + instance_number`` is a multiple of 3 are Implicit VR Little Endian.
+    """
+    if instance_number == 2 and series_number % 2 == 1:
+        return RLE_LOSSLESS
+    if (series_number + instance_number) % 3 == 0:
+        return IMPLICIT_VR_LE
+    return EXPLICIT_VR_LE
 
 
-def pixel_element_length(rows: int, cols: int) -> int:
-    return len(_PIXEL_TAG) + 4 + pixel_length(rows, cols)
+def is_encapsulated(transfer_syntax: str) -> bool:
+    return transfer_syntax not in _PIXEL_TAG
+
+
+def pixel_element(pixels: bytes, transfer_syntax: str = EXPLICIT_VR_LE, *, cols: int = 0) -> bytes:
+    """The PixelData element of 16-bit ``pixels`` (``cols`` is needed for RLE: rows are coded
+    one by one)."""
+    tag = _PIXEL_TAG.get(transfer_syntax)
+    if tag is not None:
+        return tag + struct.pack("<I", len(pixels)) + pixels
+    if transfer_syntax != RLE_LOSSLESS:
+        raise ValueError(f"unsupported transfer syntax {transfer_syntax}")
+    frame = rle_frame(pixels, cols)
+    return _ENCAPSULATED_TAG + encapsulate([frame], has_bot=True) + _SEQUENCE_DELIMITER
+
+
+def pixel_element_length(rows: int, cols: int, transfer_syntax: str = EXPLICIT_VR_LE) -> int:
+    """Length of the PixelData element (uncompressed syntaxes only: RLE depends on content)."""
+    tag = _PIXEL_TAG.get(transfer_syntax)
+    if tag is None:
+        raise ValueError(f"the length of {transfer_syntax} pixel data depends on the pixels")
+    return len(tag) + 4 + pixel_length(rows, cols)
+
+
+def _packbits_literal(data: bytes, out: bytearray) -> None:
+    for start in range(0, len(data), 128):
+        chunk = data[start : start + 128]
+        out.append(len(chunk) - 1)
+        out += chunk
+
+
+def _packbits_row(row: bytes, out: bytearray) -> None:
+    """PackBits (DICOM PS3.5 Annex G.3.1): literal runs, and replicate runs of 3+ bytes."""
+    pos = 0
+    for m in _RUN.finditer(row):
+        _packbits_literal(row[pos : m.start()], out)
+        value, run = row[m.start()], m.end() - m.start()
+        while run >= 2:
+            n = min(run, 128)
+            out += bytes((257 - n, value))
+            run -= n
+        if run:
+            _packbits_literal(row[m.end() - 1 : m.end()], out)
+        pos = m.end()
+    _packbits_literal(row[pos:], out)
+
+
+def rle_frame(pixels: bytes, cols: int) -> bytes:
+    """One RLE Lossless frame of 16-bit little-endian ``pixels``: a 64-byte header, then the
+    high-byte segment and the low-byte segment, each coded row by row and padded to even."""
+    if cols <= 0:
+        raise ValueError("RLE needs the number of columns")
+    segments = []
+    for plane in (pixels[1::2], pixels[0::2]):  # most significant byte first
+        out = bytearray()
+        for start in range(0, len(plane), cols):
+            _packbits_row(plane[start : start + cols], out)
+        if len(out) % 2:
+            out.append(0)
+        segments.append(bytes(out))
+    header = struct.pack("<3I", len(segments), 64, 64 + len(segments[0])).ljust(64, b"\0")
+    return header + b"".join(segments)
 
 
 def pixel_pool(seed: str, rows: int, cols: int) -> bytes:
@@ -89,7 +176,7 @@ def dicom_header(series: SimSeries, instance: SimInstance, rows: int, cols: int)
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = UID(sop_class_uid(series.modality))
     meta.MediaStorageSOPInstanceUID = UID(instance.sop_uid)
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.TransferSyntaxUID = UID(instance.transfer_syntax)
     meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
     meta.ImplementationVersionName = IMPLEMENTATION_VERSION
 
