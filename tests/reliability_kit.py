@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from tcia_mirror._dicomio import read_ids
 from tcia_mirror._engine import PER_REQUEST_COST
 from tcia_mirror.simulator import Dataset, Faults, Simulator
 
@@ -302,6 +303,17 @@ def observe(st: SimThread, root: Path, truth: Mapping[str, bytes], log: CrashLog
             s = (root / c.rel_path).stat()
             log.first_commit[c.sop] = (
                 _single_count(requests, c.series, c.sop),
+                s.st_ino,
+                s.st_mtime_ns,
+            )
+    # a file the kill caught between its rename and its record counts as committed too (the
+    # next run adopts it): from now on it must not be fetched again nor rewritten either
+    for sop, path in final_dicom_files(root).items():
+        ids = read_ids(path) if sop not in log.first_commit else None
+        if ids is not None and ids.series_uid is not None:
+            s = path.stat()
+            log.first_commit[sop] = (
+                _single_count(requests, ids.series_uid, sop),
                 s.st_ino,
                 s.st_mtime_ns,
             )

@@ -11,8 +11,10 @@ What is asserted about refetches. A committed instance is one the state store re
   (``Mirror._jobs_for``). Once the store shows a series past that point, no further ZIP of it
   may be requested: the rest must come as single images.
 
-A file renamed into place whose commit was not yet recorded when the process died is not
-"committed" and may be fetched again (it is then replaced whole).
+A file renamed into place whose commit was not yet recorded when the process died counts as
+committed from the moment it is seen under its final name: the next run adopts it (see
+``tests/test_adopt_on_resume.py``), so it is never fetched again with ``getSingleImage`` nor
+rewritten either.
 """
 
 from __future__ import annotations

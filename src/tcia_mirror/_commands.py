@@ -48,6 +48,14 @@ def _run_options() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=8, metavar="N", help="parallel transfers")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--no-md5", action="store_true", help="skip the MD5-carrying image endpoint")
+    p.add_argument(
+        "--give-up-after",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
+        help="retry a series (with backoff) until this long passes without a file of it "
+        "committed (default 600)",
+    )
     return p
 
 
@@ -75,12 +83,18 @@ def add_engine_commands(sub: Any, conn: argparse.ArgumentParser) -> None:
     r.add_argument("--json", action="store_true")
     r.set_defaults(func=_cmd_resume)
 
-    v = sub.add_parser("verify", parents=[out], help="re-check every file on disk")
+    v = sub.add_parser("verify", parents=[conn, out], help="re-check every file on disk")
     v.add_argument("--json", action="store_true")
     v.add_argument("--quick", action="store_true", help="skip MD5 of file contents")
+    v.add_argument(
+        "--remote",
+        action="store_true",
+        help="also ask the archive again; series it changed are reported as archive_changed",
+    )
     v.set_defaults(func=_cmd_verify)
 
-    s = sub.add_parser("status", parents=[out], help="how far the mirror is")
+    # the connection options are accepted (one set of options for every command) and ignored
+    s = sub.add_parser("status", parents=[conn, out], help="how far the mirror is (local)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=_cmd_status)
 
@@ -157,6 +171,7 @@ def _options(args: argparse.Namespace, **extra: Any) -> DownloadOptions:
         mode=getattr(args, "mode", "zip"),
         concurrency=args.concurrency,
         md5=not args.no_md5,
+        give_up_after=args.give_up_after,
         **extra,
     )
 
@@ -258,8 +273,10 @@ def _cmd_sync(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    mirror = Mirror(args.out)
-    report = _run(lambda: mirror.verify(deep=not args.quick))
+    # --remote: the recorded profile and base URL, overridden by settings and flags; without
+    # it verify is local and the connection options are accepted and ignored
+    mirror = _mirror(args, recorded_ok=True, progress=None) if args.remote else Mirror(args.out)
+    report = _run(lambda: mirror.verify(deep=not args.quick, remote=args.remote))
     if args.json:
         print(json.dumps(report.to_dict(), indent=2, default=str))
     else:
@@ -269,8 +286,11 @@ def _cmd_verify(args: argparse.Namespace) -> int:
             print(
                 f"  series {p['series']}: {p['kind']} (expected {p.get('expected')}, found {p.get('found')})"
             )
-        if not report.ok:
+        kinds = {p["kind"] for p in report.problems}
+        if kinds - {"archive_changed"}:
             print(f"fix with: tcia-mirror resume --out {args.out}")
+        if "archive_changed" in kinds:
+            print(f"fetch the archive's changes with: tcia-mirror sync --out {args.out}")
     return 0 if report.ok else 1
 
 

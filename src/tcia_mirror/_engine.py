@@ -9,18 +9,21 @@ from __future__ import annotations
 import csv
 import io
 import json
+import random
 import shutil
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import anyio
 
+from ._adopt import examine, unrecorded_files
 from ._atomic import AtomicWriter, cleanup_temp_files
 from ._client import ArchiveClient, ClientConfig
 from ._errors import (
@@ -30,7 +33,9 @@ from ._errors import (
     DiskError,
     InputError,
     NotFoundError,
+    RateLimitedError,
     RemoteError,
+    ServerError,
     StateError,
     UnreachableError,
     one_error,
@@ -46,8 +51,13 @@ from ._store import STATE_DIR, SeriesState, StateStore
 from ._verifier import check_series
 
 Mode = Literal["zip", "single"]
+T = TypeVar("T")
 PER_REQUEST_COST = 64 * 1024  # bytes a request "costs" in latency, when choosing single vs ZIP
 PLAN_CONCURRENCY = 32  # planning requests at once (at least; 2 x --concurrency when larger)
+# tries in a row, without a file committed, that the archive answered in full with content that
+# failed the checks (wrong series or instance, not DICOM, MD5 or CRC mismatch): such an archive
+# is not flaky but wrong, and retrying it until --give-up-after would only fetch the same again
+WRONG_CONTENT_TRIES = 3
 META_FIELDS = ("selection", "layout", "api", "base_url", "last_sync")
 
 
@@ -59,7 +69,9 @@ class DownloadOptions:
     dry_run: bool = False
     md5: bool = True  # use the profile's MD5-carrying image endpoint when it has one
     fsync: bool = True
-    max_stalls: int = 4  # rounds without progress before a series is given up (per run)
+    # a series is retried (capped exponential backoff between tries) until this many seconds
+    # pass without one file of it committed; then it is given up for this run
+    give_up_after: float = 600.0
     check_space: bool = True
 
 
@@ -78,6 +90,7 @@ class RunReport:
     planned_bytes: int = 0
     bytes_received: int = 0
     files_committed: int = 0
+    files_adopted: int = 0  # renamed into place by a killed run, recorded by this one
     retries: int = 0
     throttled: int = 0
     seconds: float = 0.0
@@ -145,15 +158,19 @@ def _now() -> str:
 class _JobQueue:
     """Jobs from a lazy generator plus follow-ups; ``get`` returns None when all work is done."""
 
-    def __init__(self, jobs: Iterator[tuple[Any, ...]]) -> None:
+    def __init__(self, jobs: AsyncGenerator[tuple[Any, ...]]) -> None:
         self._gen = jobs
+        self._pull = anyio.Lock()  # one worker at a time advances the generator
         self._extra: deque[tuple[Any, ...]] = deque()
         self.in_flight = 0
         self._changed = anyio.Event()
 
     async def get(self) -> tuple[Any, ...] | None:
         while True:
-            job = self._extra.popleft() if self._extra else next(self._gen, None)
+            job = self._extra.popleft() if self._extra else None
+            if job is None:
+                async with self._pull:
+                    job = await anext(self._gen, None)
             if job is not None:
                 self.in_flight += 1
                 return job
@@ -167,11 +184,21 @@ class _JobQueue:
         self._changed.set()
         self._changed = anyio.Event()
 
+    def later(self) -> None:
+        """Follow-ups will come (after a wait) through one more ``done``: workers keep waiting."""
+        self.in_flight += 1
+
+    async def aclose(self) -> None:
+        """Close the generator (a run that stopped early leaves it part-way)."""
+        await self._gen.aclose()
+
 
 class Mirror:
     """A local mirror folder and the archive it follows.
 
     ``config`` may be None for commands that do not talk to the archive (status, verify).
+    ``after_rename`` is a fault seam for tests: called with each file right after it is renamed
+    into place and before the store records it (the window a kill -9 can hit).
     """
 
     def __init__(
@@ -181,11 +208,15 @@ class Mirror:
         *,
         progress: Progress | None = None,
         sleep: Sleep = real_sleep,
+        clock: Callable[[], float] = time.monotonic,
+        after_rename: Callable[[Path], None] | None = None,
     ) -> None:
         self.root = Path(out)
         self.config = config
         self.progress: Progress = progress or NullProgress()
         self._sleep = sleep
+        self._clock = clock  # measures --give-up-after; tests inject a fake one with ``sleep``
+        self._after_rename = after_rename  # test seam: see Fetcher
 
     # -- the folder and its store ------------------------------------------------------------
     def _open_store(self, *, create: bool) -> StateStore:
@@ -225,8 +256,8 @@ class Mirror:
     def _record_connection(self, store: StateStore) -> None:
         if self.config is not None:
             store.set_meta("api", self.config.profile.name)
-            if self.config.base_url:
-                store.set_meta("base_url", self.config.base_url)
+            if self.config.base_url:  # a password in the URL is never stored
+                store.set_meta("base_url", _without_password(self.config.base_url))
 
     # -- plan --------------------------------------------------------------------------------
     async def _plan_into(
@@ -305,6 +336,8 @@ class Mirror:
         opts = options or DownloadOptions()
         if opts.concurrency < 1:
             raise InputError("--concurrency must be at least 1")
+        if not opts.give_up_after >= 0:
+            raise InputError("--give-up-after must be 0 or more seconds")
         t0 = time.monotonic()
         store = self._open_store(create=command == "download")
         with store, store.lock():
@@ -326,7 +359,10 @@ class Mirror:
                 if command == "download" and selection.to_json() != recorded:
                     old = Selection.from_json(recorded) if recorded else None
                     if selection.collection and (old is None or not old.collection):
-                        await self._check_collection(client, selection.collection)
+                        name = selection.collection
+                        await self._patiently(
+                            lambda: self._check_collection(client, name), opts, client
+                        )
                     # recorded before planning, so a run killed while planning can be resumed
                     store.set_meta("selection", selection.to_json())
                 planned = store.get_meta("planned") == selection.to_json()
@@ -339,7 +375,12 @@ class Mirror:
                             f"the archive lists {len(new)} patient(s) new in "
                             f"{selection.collection} since {since.isoformat()}"
                         )
-                    plan = await self._plan_into(store, client, selection, layout, opts.concurrency)
+                    sel = selection
+                    plan = await self._patiently(
+                        lambda: self._plan_into(store, client, sel, layout, opts.concurrency),
+                        opts,
+                        client,
+                    )
                     report.missing = plan.missing + _unmatched(selection, plan)
                 states = store.series()
                 report.planned_series = len(states)
@@ -362,6 +403,26 @@ class Mirror:
                 self._write_metadata_csv(store)
                 self._write_report(report, secrets)
         return report
+
+    async def _patiently(
+        self, step: Callable[[], Awaitable[T]], opts: DownloadOptions, client: ArchiveClient
+    ) -> T:
+        """A planning step on a flaky archive: when a request failed every try the client gave it
+        (5xx, 429), the step is taken again after a backoff, until ``give_up_after`` seconds
+        have passed since it began. Other errors stop the run at once."""
+        began = self._clock()
+        tries = 0
+        while True:
+            try:
+                return await step()
+            except (ServerError, RateLimitedError) as exc:
+                tries += 1
+                left = opts.give_up_after - (self._clock() - began)
+                if left <= 0:
+                    raise
+                delay = min(client.config.retry.backoff(tries), left)
+                self.progress.on_message(f"{_one_line(exc)}; trying again in {delay:.1f} s")
+                await self._sleep(delay)
 
     async def _check_collection(self, client: ArchiveClient, name: str) -> None:
         """A misspelt collection is bad input, found before anything is recorded."""
@@ -402,6 +463,43 @@ class Mirror:
                 w.done[i.sop_uid] = (i.rel_path, i.size or 0, i.md5)
         return w
 
+    async def _adopt(self, store: StateStore, w: SeriesWork, report: RunReport) -> None:
+        """Record the files a killed run renamed into place but never recorded (see _adopt).
+
+        One directory listing per series; headers and MD5s are read in a worker thread, only
+        for series with candidates (files named like a missing instance). Files that fail the
+        checks are left and noted: the refetch of their instance replaces them.
+        """
+        if w.expected and w.expected <= w.done.keys():
+            return  # nothing missing
+        names = unrecorded_files(
+            self.root,
+            w.rel_dir,
+            recorded=(rel for rel, _s, _m in w.done.values()),
+            missing=(sop for sop in w.expected if sop not in w.done) if w.expected else None,
+        )
+        if not names:
+            return
+        found = await anyio.to_thread.run_sync(
+            lambda: examine(
+                self.root, w.rel_dir, w.uid, names, store.instances(w.uid), w.archive_md5
+            )
+        )
+        if found.adopted:
+            store.commit_instances(w.uid, found.adopted)
+            for sop, rel, size, md5 in found.adopted:
+                w.done[sop] = (rel, size, md5)
+                self.progress.on_bytes(size)  # in the mirror now: the byte total ends full
+            report.files_adopted += len(found.adopted)
+            self.progress.on_message(
+                f"series {w.uid}: adopted {len(found.adopted)} file(s) renamed into place by "
+                "a run that was stopped before recording them"
+            )
+        if found.refused:
+            listed = "; ".join(f"{n}: {why}" for n, why in found.refused[:5])
+            more = f" and {len(found.refused) - 5} more" if len(found.refused) > 5 else ""
+            w.notes.append(f"not adopted, to be replaced if fetched again: {listed}{more}")
+
     def _jobs_for(self, w: SeriesWork, mode: Mode) -> list[tuple[Any, ...]]:
         missing = w.missing()
         if w.expected and not missing:
@@ -429,7 +527,15 @@ class Mirror:
         opts: DownloadOptions,
         report: RunReport,
     ) -> None:
-        fetcher = Fetcher(client, store, self.root, self.progress, md5=opts.md5, fsync=opts.fsync)
+        fetcher = Fetcher(
+            client,
+            store,
+            self.root,
+            self.progress,
+            md5=opts.md5,
+            fsync=opts.fsync,
+            after_rename=self._after_rename,
+        )
         summary = store.summary()
         self.progress.on_start(
             series_total=summary["series"]["total"],
@@ -440,23 +546,81 @@ class Mirror:
         works: dict[str, SeriesWork] = {}
         round_start: dict[str, int] = {}
 
-        def initial() -> Iterator[tuple[Any, ...]]:
+        async def initial() -> AsyncGenerator[tuple[Any, ...]]:
             for s in todo:
                 w = self._work_for(store, s)
+                await self._adopt(store, w, report)
                 works[w.uid] = w
                 round_start[w.uid] = len(w.done)
                 jobs = self._jobs_for(w, opts.mode)
                 if not jobs:
                     self._finalize(store, w, report)
-                yield from jobs
+                for job in jobs:
+                    yield job
 
         queue = _JobQueue(initial())
 
+        # the give-up budget (--give-up-after): a series is tried again, with capped exponential
+        # backoff between its tries, until that many seconds pass without a file of it committed
+        policy = client.config.retry
+        jitter = random.Random()
+        since: dict[str, float] = {}  # series -> start of its budget (first try, last progress)
+        failed_try: set[str] = set()  # series with a failed try in their round under way
+        refused: set[str] = set()  # the archive refused (400/404): retrying cannot help
+        problems_at: dict[str, int] = {}  # series -> its problems when its round began
+        wrong: dict[str, int] = {}  # series -> rounds answered with wrong content, no progress
+
+        async def wake(delay: float, jobs: list[tuple[Any, ...]]) -> None:
+            await self._sleep(delay)
+            queue.done(jobs)
+
+        def give_up(w: SeriesWork) -> str | None:
+            """Why the series is given up now (its note), or None to try again."""
+            waited = self._clock() - since[w.uid]
+            last = w.notes[-1] if w.notes else "no error"
+            if waited >= opts.give_up_after:
+                return (
+                    f"given up after {waited:.0f} s and {w.stalls} tries without a file "
+                    f"committed (--give-up-after {opts.give_up_after:g}); last: {last}"
+                )
+            if wrong.get(w.uid, 0) >= WRONG_CONTENT_TRIES:
+                return (
+                    f"given up after {WRONG_CONTENT_TRIES} tries answered in full with content "
+                    f"that failed the checks, without a file committed; last: {last}"
+                )
+            return None
+
+        def next_round(w: SeriesWork) -> list[tuple[Any, ...]]:
+            """The round of ``w`` is over: its next tries now, after a backoff, or it is done."""
+            if len(w.done) > round_start[w.uid]:
+                w.stalls, since[w.uid], wrong[w.uid] = 0, self._clock(), 0  # progress
+            else:
+                w.stalls += 1
+                if len(w.problems) > problems_at[w.uid]:  # the checks refused what came
+                    wrong[w.uid] = wrong.get(w.uid, 0) + 1
+            round_start[w.uid] = len(w.done)
+            problems_at[w.uid] = len(w.problems)
+            failed = w.uid in failed_try
+            failed_try.discard(w.uid)
+            more = bool(w.missing()) if w.expected else failed
+            if more and w.uid not in refused:
+                if (why := give_up(w)) is not None:
+                    w.notes.append(why)
+                elif jobs := self._jobs_for(w, opts.mode):
+                    if not w.stalls:
+                        return jobs  # progress was made: straight on
+                    left = opts.give_up_after - (self._clock() - since[w.uid])
+                    queue.later()  # the tries are queued once the backoff has passed
+                    tg.start_soon(wake, min(policy.backoff(w.stalls, jitter), left), jobs)
+                    return []
+            self._finalize(store, w, report)
+            return []
+
         async def run_job(job: tuple[Any, ...]) -> list[tuple[Any, ...]]:
             w: SeriesWork = job[1]
+            since.setdefault(w.uid, self._clock())
+            problems_at.setdefault(w.uid, len(w.problems))
             try:
-                if w.stalls and job[0] == "zip":
-                    await self._sleep(client.config.retry.backoff(w.stalls))
                 if job[0] == "zip":
                     w.attempts += 1
                     state = store.get_series(w.uid)  # count the try before it can be killed
@@ -471,28 +635,19 @@ class Mirror:
                 raise  # the run cannot go on: stop, keep what is committed
             except (BadRequestError, NotFoundError) as exc:
                 w.problem("archive_refused", found=str(exc))
-                w.stalls = opts.max_stalls  # retrying will not help
+                refused.add(w.uid)  # retrying will not help
             except DataError as exc:
                 w.notes.append(_one_line(exc))
+                failed_try.add(w.uid)
                 if job[0] == "zip":
                     w.zip_untrusted = True  # a broken or hostile ZIP: finish with single images
             except (RemoteError, aiohttp.ClientError, TimeoutError) as exc:
-                w.notes.append(_one_line(exc))
+                w.notes.append(_one_line(exc))  # the run report's notes: one line per failed try
+                failed_try.add(w.uid)
             w.outstanding -= 1
             if w.outstanding > 0:
                 return []
-            # the round for this series is over: progress made? more to do?
-            if len(w.done) > round_start[w.uid]:
-                w.stalls = 0
-            else:
-                w.stalls += 1
-            round_start[w.uid] = len(w.done)
-            if w.missing() and w.stalls < opts.max_stalls:
-                return self._jobs_for(w, opts.mode)
-            if not w.expected and w.stalls and w.stalls < opts.max_stalls and w.notes:
-                return self._jobs_for(w, opts.mode)
-            self._finalize(store, w, report)
-            return []
+            return next_round(w)
 
         async def worker() -> None:
             while (job := await queue.get()) is not None:
@@ -507,6 +662,7 @@ class Mirror:
                 for _ in range(opts.concurrency):
                     tg.start_soon(worker)
         finally:
+            await queue.aclose()
             report.bytes_received += fetcher.bytes_received
             report.files_committed += fetcher.files_committed
 
@@ -548,11 +704,26 @@ class Mirror:
         self.progress.on_series(w.uid, outcome)
 
     # -- verify / status ---------------------------------------------------------------------
-    async def verify(self, *, deep: bool = True, concurrency: int = 4) -> VerifyReport:
-        """Re-check what is on disk now; damaged files are forgotten so resume fetches them."""
+    async def verify(
+        self, *, deep: bool = True, concurrency: int = 4, remote: bool = False
+    ) -> VerifyReport:
+        """Re-check what is on disk now; damaged files are forgotten so resume fetches them.
+
+        ``remote``: also ask the archive again (getSeriesSize, getSOPInstanceUIDs) and report
+        every series it changed since the plan as ``archive_changed``. Those leave local state
+        as it is (``sync`` fetches the change); an archive error stops verify before any change.
+        """
+        from ._archive_check import archive_changes  # noqa: PLC0415
+
         store = self._open_store(create=False)
         with store, store.lock():
             states = store.series()
+            changed: list[dict[str, Any]] = []
+            if remote:
+                async with self._client(PLAN_CONCURRENCY) as client:
+                    changed = await archive_changes(
+                        client, states, store.instances, concurrency=PLAN_CONCURRENCY
+                    )
             checks = []
             limiter = anyio.CapacityLimiter(max(1, concurrency))
             results: dict[str, Any] = {}
@@ -583,6 +754,7 @@ class Mirror:
                     store.set_series_status(
                         s.uid, status, error=None if status == "complete" else "verify"
                     )
+            problems.extend(changed)
             report = VerifyReport(ok=not problems, series_checked=len(states), problems=problems)
             self._write_json(f"verify-{_stamp()}.json", report.to_dict())
             return report
@@ -658,6 +830,14 @@ def _unmatched(selection: Selection, plan: PlanResult) -> list[str]:
     if not plan.series and selection.shared_lists:
         return [f"shared list {n}: no series" for n in selection.shared_lists]
     return []
+
+
+def _without_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}@{host}"))
 
 
 def _stamp() -> str:

@@ -24,6 +24,7 @@ passes through :func:`redact` with the secrets the client knows.
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 
@@ -110,12 +111,21 @@ class DiskError(TciaMirrorError):
     exit_code = 2
 
 
+# scheme://user:PASSWORD@host: the password runs to the last "@" before a "/" or a space
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:)[^/\s]*@")
+
+
+def url_passwords(text: str) -> list[str]:
+    """The password part of every ``scheme://user:password@host`` URL in ``text``."""
+    return [m.group(0)[len(m.group("head")) : -1] for m in _URL_PASSWORD.finditer(text)]
+
+
 def redact(text: str, secrets: Iterable[str | None]) -> str:
-    """Replace every non-trivial secret in ``text`` by ``***``."""
+    """Replace every non-trivial secret in ``text``, and every URL's password, by ``***``."""
     for secret in secrets:
         if secret and len(secret) >= 3:
             text = text.replace(secret, "***")
-    return text
+    return _URL_PASSWORD.sub(r"\g<head>***@", text)
 
 
 def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:

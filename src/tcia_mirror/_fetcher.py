@@ -125,6 +125,7 @@ class Fetcher:
         md5: bool = True,
         fsync: bool = True,
         limits: ZipLimits | None = None,
+        after_rename: Callable[[Path], None] | None = None,
     ) -> None:
         self.client = client
         self.store = store
@@ -136,6 +137,9 @@ class Fetcher:
         self.files_committed = 0
         self.bytes_received = 0  # DICOM bytes, those of discarded transfers taken back
         self._claim_lock = threading.Lock()
+        # a test seam: called (in a worker thread) with each file just renamed into place,
+        # before the store records it, i.e. in the window a kill -9 can hit
+        self._after_rename = after_rename
 
     # -- shared ----------------------------------------------------------------------------
     def _bytes(self, n: int) -> None:
@@ -198,6 +202,8 @@ class Fetcher:
             return None
         name = instance_filename(ids.sop_uid)
         writer.commit(self.root / work.rel_dir / name)
+        if self._after_rename is not None:
+            self._after_rename(writer.dest)
         return _Committed(ids.sop_uid, f"{work.rel_dir}/{name}", size, md5)
 
     def _finalize_entry(
@@ -349,7 +355,11 @@ class Fetcher:
                 work.archive_md5[c.sop] = archive_md5[n]
         bad = [(n, c) for n, c in by_name.items() if n in archive_md5 and archive_md5[n] != c.md5]
         if bad:  # the store forgets them first: it must never claim a file that is gone
-            self.store.uncommit_instances(work.uid, [c.sop for _n, c in bad])
+            # and it keeps the archive's MD5, so a file left by a kill before the unlink below
+            # is not adopted on resume
+            self.store.uncommit_instances(
+                work.uid, [c.sop for _n, c in bad], md5={c.sop: archive_md5[n] for n, c in bad}
+            )
         for n, c in bad:
             work.problem("md5_mismatch", expected=archive_md5[n], found=c.md5, sop=c.sop)
             (self.root / c.rel_path).unlink(missing_ok=True)

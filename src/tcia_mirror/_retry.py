@@ -31,7 +31,7 @@ class RetryPolicy:
 
     def backoff(self, retry: int, rng: random.Random | None = None) -> float:
         """Wait before retry number ``retry`` (1-based) when the server said nothing."""
-        delay = min(self.cap, self.base * (2 ** (retry - 1)))
+        delay = min(self.cap, self.base * (2 ** min(retry - 1, 64)))  # no overflow, ever
         if self.jitter and rng is not None:
             delay *= 1 + rng.uniform(-self.jitter, self.jitter)
         return max(0.0, delay)

@@ -483,14 +483,25 @@ class StateStore:
             )
             conn.execute(_RESTATUS_ONE, {"id": series_id})
 
-    def uncommit_instances(self, series_uid: str, sop_uids: Iterable[str]) -> None:
-        """The verifier found these files gone or damaged: fetch them again."""
+    def uncommit_instances(
+        self, series_uid: str, sop_uids: Iterable[str], *, md5: Mapping[str, str] | None = None
+    ) -> None:
+        """The verifier found these files gone or damaged: fetch them again.
+
+        The size and MD5 recorded stay, as what is known of the instance (a different file
+        under its name is never adopted on resume). ``md5`` gives the right MD5 of some of them
+        (the archive's, when the file had another): it replaces the recorded one, whose size is
+        then forgotten.
+        """
         sops = list(sop_uids)
+        right = md5 or {}
         with self._write() as conn:
             series_id = self._series_id(conn, series_uid)
             conn.executemany(
-                "UPDATE instance SET done = 0 WHERE series_id = ? AND sop_uid = ?",
-                ((series_id, sop) for sop in sops),
+                "UPDATE instance SET done = 0, md5 = coalesce(?1, md5), "
+                "size = CASE WHEN ?1 IS NULL THEN size END "
+                "WHERE series_id = ?2 AND sop_uid = ?3",
+                ((right.get(sop), series_id, sop) for sop in sops),
             )
             self._refresh(conn, series_id)
 

@@ -7,6 +7,7 @@ Exit codes: 0 done; 1 finished but incomplete or failing verification; 2 bad usa
 from __future__ import annotations
 
 import argparse
+import contextvars
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -16,18 +17,58 @@ import anyio
 
 from . import __version__
 from ._client import ArchiveClient, validate_param_pairs
-from ._errors import InputError, TciaMirrorError, first_error, redact
+from ._errors import InputError, TciaMirrorError, first_error, redact, url_passwords
 from ._profiles import available_profiles
-from ._settings import client_config, resolve
+from ._settings import ENV, client_config, read_config_file, resolve
 
 EXIT_INTERRUPTED = 130
+_SECRET_OPTIONS = ("--api-key", "--password")
+_ARGV: contextvars.ContextVar[Sequence[str] | None] = contextvars.ContextVar(
+    "tcia_mirror_argv", default=None
+)
+
+
+def _secret_option(name: str) -> bool:
+    """``--api-key``, ``--password``, a prefix argparse may take for one (``--pass``), or an
+    unknown option that looks like one (``--apikey``, ``--passwd``)."""
+    if name != "--api" and len(name) >= 3 and any(o.startswith(name) for o in _SECRET_OPTIONS):
+        return True
+    return any(word in name.lower() for word in ("key", "pass", "secret"))
+
+
+def argv_secrets(argv: Sequence[str]) -> list[str]:
+    """Secrets on a command line argparse may have refused: a plain scan, not a parse.
+
+    The values of ``--api-key`` and ``--password`` (``--opt VALUE`` and ``--opt=VALUE``, and
+    the prefixes argparse accepts for them), URL passwords, the secrets of the environment and
+    of a ``--config`` file.
+    """
+    found: list[str | None] = [os.environ.get(ENV["api_key"]), os.environ.get(ENV["password"])]
+    tokens = list(argv)
+    for i, token in enumerate(tokens):
+        found.extend(url_passwords(token))
+        name, eq, value = token.partition("=")
+        if not name.startswith("--"):
+            continue
+        nxt = value if eq else (tokens[i + 1] if i + 1 < len(tokens) else None)
+        if _secret_option(name):
+            found.append(nxt)
+        elif name == "--config" and nxt:
+            try:
+                config = read_config_file(nxt)
+            except (TciaMirrorError, OSError):
+                continue
+            found.extend(str(config[k]) for k in ("api_key", "password") if config.get(k))
+    return [s for s in found if s]
 
 
 class _Parser(argparse.ArgumentParser):
-    """One-line usage errors (exit 2), no usage dump."""
+    """One-line usage errors (exit 2), no usage dump, no secret echoed."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+        argv = _ARGV.get()
+        secrets = argv_secrets(sys.argv[1:] if argv is None else argv)
+        self.exit(2, f"{self.prog}: error: {redact(message, secrets)} (see --help)\n")
 
 
 def _connection_options() -> argparse.ArgumentParser:
@@ -79,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--latency", type=float, default=0.0, help="seconds added to every request")
     s.add_argument("--bandwidth", type=float, default=None, help="bytes/s cap per response")
     s.add_argument("--error-rate", type=float, default=0.0, help="fraction answered 500/502/503")
+    s.add_argument("--error-burst", type=int, default=1, metavar="N", help="5xx come N in a row")
     s.add_argument("--rate-limit-rate", type=float, default=0.0, help="fraction answered 429")
     s.add_argument("--retry-after", type=float, default=1.0, help="Retry-After seconds on 429")
     s.add_argument(
@@ -141,6 +183,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         latency=args.latency,
         bandwidth=args.bandwidth,
         error_rate=args.error_rate,
+        error_burst=args.error_burst,
         rate_limit_rate=args.rate_limit_rate,
         retry_after=args.retry_after,
         drop_rate=args.drop_rate,
@@ -184,7 +227,11 @@ def _secrets(args: argparse.Namespace) -> tuple[str | None, ...]:
 
 def run(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    token = _ARGV.set(list(sys.argv[1:] if argv is None else argv))
+    try:
+        args = parser.parse_args(argv)
+    finally:
+        _ARGV.reset(token)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         try:
@@ -206,7 +253,8 @@ def run(argv: Sequence[str] | None = None) -> int:
         return 1
     except OSError as exc:  # a local resource we did not expect to fail (port, folder ...)
         where = f": {exc.filename}" if exc.filename else ""
-        print(f"tcia-mirror: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        message = redact(f"{exc.strerror or exc}{where}", _secrets(args))
+        print(f"tcia-mirror: error: {message}", file=sys.stderr)
         return 2
 
 

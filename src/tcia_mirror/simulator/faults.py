@@ -23,8 +23,11 @@ class Faults:
     """Faults applied by :class:`~tcia_mirror.simulator.Simulator`.
 
     ``latency``: seconds added before every answer. ``bandwidth``: bytes/s cap per response
-    body (streamed in chunks with sleeps). ``error_rate``: fraction answered 500/502/503 with an
-    nginx text/plain body. ``rate_limit_rate``: fraction answered 429 with ``Retry-After``
+    body (streamed in chunks with sleeps). ``error_rate``: fraction of requests answered with a
+    status from ``error_statuses`` (500/502/503) and an nginx text/plain body; with
+    ``error_burst`` N > 1 they come in bursts: once a 5xx is rolled, the next N-1 requests get the
+    same status too (bursts start less often, so ``error_rate`` stays the long-run fraction).
+    ``rate_limit_rate``: fraction answered 429 with ``Retry-After``
     (``retry_after`` seconds, rendered ``"%g"``: ``1`` or ``0.25``). ``drop_rate``: fraction of
     image responses (getImage, getImageWithMD5Hash, getSingleImage) whose TCP connection is
     aborted mid-body. ``truncate_rate``: fraction of ZIP responses that stop mid-entry but end
@@ -39,6 +42,8 @@ class Faults:
     latency: float = 0.0
     bandwidth: float | None = None
     error_rate: float = 0.0
+    error_burst: int = 1
+    error_statuses: tuple[int, ...] = (500, 502, 503)
     rate_limit_rate: float = 0.0
     retry_after: float = 1.0
     drop_rate: float = 0.0
@@ -50,6 +55,8 @@ class Faults:
     endpoints: frozenset[str] | None = None
     seed: int = 0
     _rng: random.Random = field(init=False, repr=False, compare=False)
+    _burst_left: int = field(default=0, init=False, repr=False, compare=False)
+    _burst_status: int = field(default=500, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self._rng = random.Random(f"tcia-mirror-sim-faults:{self.seed}")
@@ -62,6 +69,25 @@ class Faults:
         if rate <= 0.0:
             return False
         return rate >= 1.0 or self._rng.random() < rate
+
+    def burst_status(self) -> int | None:
+        """The 5xx status owed to this request by a burst under way, else None (no draw)."""
+        if self._burst_left <= 0:
+            return None
+        self._burst_left -= 1
+        return self._burst_status
+
+    def server_error(self) -> int | None:
+        """Roll for a 5xx that starts a burst of ``error_burst``; its status, or None."""
+        n = max(1, self.error_burst)
+        rate = self.error_rate
+        if n > 1 and 0.0 < rate < 1.0:
+            rate /= n - (n - 1) * rate  # a burst of n per start: the long-run fraction stays
+        if not self.roll(rate):
+            return None
+        self._burst_status = self.choice(self.error_statuses)
+        self._burst_left = n - 1
+        return self._burst_status
 
     def choice(self, options: tuple[int, ...]) -> int:
         return self._rng.choice(options)

@@ -256,15 +256,16 @@ class Simulator:
         if f.applies(name):
             if f.latency > 0:
                 await asyncio.sleep(f.latency)
-            if f.roll(f.rate_limit_rate):
+            status = f.burst_status()  # a 5xx burst under way answers before anything else
+            if status is None and f.roll(f.rate_limit_rate):
                 self.faults_injected["429"] += 1
                 resp = _text(429, "429 Too Many Requests\n")
                 resp.headers["Retry-After"] = f.retry_after_header()
                 return resp
-            if f.roll(f.error_rate):
-                status = f.choice((500, 502, 503))
+            if status is not None or (status := f.server_error()) is not None:
                 self.faults_injected["5xx"] += 1
-                return _text(status, f"{status} {_NGINX_REASONS[status]} (simulated by nginx)\n")
+                reason = _NGINX_REASONS.get(status, "Error")
+                return _text(status, f"{status} {reason} (simulated by nginx)\n")
             if name in ZIP_ENDPOINTS and f.roll(f.html_error_rate):
                 self.faults_injected["html"] += 1
                 return _text(200, _HTML_ERROR_PAGE, "text/html;charset=UTF-8")
