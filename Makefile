@@ -41,7 +41,7 @@ bench-smoke: $(STAMP)
 # engine state machine with 100 fresh random examples (a few minutes in all).
 soak: $(STAMP)
 	$(PY) tests/soak.py --kills 50
-	TCIA_STATEFUL_EXAMPLES=100 $(PY) -m pytest -q -p no:cacheprovider tests/test_engine_stateful.py
+	TCIA_STATEFUL_EXAMPLES=100 $(PY) -m pytest -q -p no:cacheprovider tests/integration/test_engine_stateful.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

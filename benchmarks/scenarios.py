@@ -456,8 +456,9 @@ def _plan_row(
 BUILD = """
 import json, sys, time
 from pathlib import Path
-from tcia_mirror._selection import Selection
-from tcia_mirror._store import StateStore, build_synthetic_store
+from tcia_mirror.selection import Selection
+from tcia_mirror.store.sqlite import StateStore
+from tcia_mirror.testing.synthetic import build_synthetic_store
 t = time.perf_counter()
 build_synthetic_store(Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]))
 wall = time.perf_counter() - t

@@ -22,7 +22,7 @@ import signal
 import sys
 from typing import Any
 
-from tcia_mirror.simulator import Dataset, DatasetSpec, Faults, Simulator
+from tcia_mirror.testing.simulator import Dataset, DatasetSpec, Faults, Simulator
 
 
 def build_dataset(cfg: dict[str, Any]) -> Dataset:

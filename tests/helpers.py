@@ -9,10 +9,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from tcia_mirror._client import ClientConfig
-from tcia_mirror._profiles import load_profile
-from tcia_mirror._retry import RetryPolicy
-from tcia_mirror.simulator import Dataset, DatasetSpec, Faults, Simulator
+from tcia_mirror.sources.http import RetryPolicy
+from tcia_mirror.sources.nbia.client import ClientConfig
+from tcia_mirror.sources.nbia.profiles import load_profile
+from tcia_mirror.testing.simulator import Dataset, DatasetSpec, Faults, Simulator
 
 
 @asynccontextmanager

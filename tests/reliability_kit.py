@@ -1,7 +1,7 @@
 """Shared machinery of the reliability suite and the soak: a simulator in its own thread, the
 kill -9 / resume cycle, and inspections of a mirror (store snapshot, files, temp files).
 
-Used by ``tests/test_crash_resume.py`` (fast, part of ``make test``) and ``tests/soak.py``
+Used by ``tests/system/test_crash_resume.py`` (fast, part of ``make test``) and ``tests/soak.py``
 (``make soak``). Nothing here talks to the internet: the archive is the simulator on loopback.
 """
 
@@ -24,9 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tcia_mirror._dicomio import read_ids
-from tcia_mirror._engine import PER_REQUEST_COST
-from tcia_mirror.simulator import Dataset, Faults, Simulator
+from tcia_mirror.fs.dicomio import read_ids
+from tcia_mirror.sources.base import SeriesView
+from tcia_mirror.sources.nbia.source import choose_units
+from tcia_mirror.testing.simulator import Dataset, Faults, Simulator
 
 T = TypeVar("T")
 STATE = Path(".tcia-mirror") / "state.sqlite"
@@ -153,10 +154,11 @@ def read_store(root: Path) -> StoreSnapshot:
                     "instance_count": n,
                     "done_count": d,
                     "done_bytes": b,
+                    "attempts": a,
                 }
-                for uid, status, ec, eb, n, d, b in conn.execute(
+                for uid, status, ec, eb, n, d, b, a in conn.execute(
                     "SELECT uid, status, expected_count, expected_bytes, instance_count, "
-                    "done_count, done_bytes FROM series"
+                    "done_count, done_bytes, attempts FROM series"
                 )
             }
         finally:
@@ -236,10 +238,19 @@ def assert_store_agrees_with_disk(
         assert data == truth[c.sop], f"{path} is recorded done but differs from the archive"
 
 
-def prefers_single(n_expected: int, expected_bytes: int, n_missing: int) -> bool:
-    """The engine's ZIP-or-single rule for a partly fetched series (``Mirror._jobs_for``)."""
-    est = expected_bytes * n_missing / max(1, n_expected) + PER_REQUEST_COST * n_missing
-    return est < expected_bytes
+def prefers_single(n_expected: int, expected_bytes: int, n_missing: int, tries: int) -> bool:
+    """The engine's own ZIP-or-single rule (``choose_units``) for a partly fetched series."""
+    keys = [f"{i:06d}" for i in range(n_expected)]
+    view = SeriesView(
+        uid="s",
+        expected=frozenset(keys),
+        done=frozenset(keys[n_missing:]),
+        expected_count=n_expected,
+        expected_bytes=expected_bytes,
+        archive_tries=tries,
+        archive_untrusted=False,
+    )
+    return all(u.kind == "object" for u in choose_units(view, "zip"))
 
 
 # -- the kill -9 cycle -----------------------------------------------------------------------
@@ -321,7 +332,7 @@ def observe(st: SimThread, root: Path, truth: Mapping[str, bytes], log: CrashLog
         n, done = row["expected_count"] or 0, row["done_count"]
         if uid in log.single_from or not done or done >= n or not row["expected_bytes"]:
             continue
-        if prefers_single(n, row["expected_bytes"], n - done):
+        if prefers_single(n, row["expected_bytes"], n - done, row.get("attempts") or 0):
             log.single_from[uid] = _zip_count(requests, uid)
     return snap
 

@@ -38,7 +38,7 @@ from reliability_kit import (  # noqa: E402
     run_cli,
     truth_by_sop,
 )
-from tcia_mirror.simulator import Dataset, DatasetSpec, Faults  # noqa: E402
+from tcia_mirror.testing.simulator import Dataset, DatasetSpec, Faults  # noqa: E402
 
 COLLECTION = "SIM-LUNG-CT"
 

@@ -19,10 +19,10 @@ import anyio
 from _common import Measured, emit, loopback_only
 
 from tcia_mirror import cli
-from tcia_mirror._client import ClientConfig
-from tcia_mirror._engine import DownloadOptions, Mirror
-from tcia_mirror._profiles import load_profile
-from tcia_mirror._store import StateStore
+from tcia_mirror.engine.mirror import DownloadOptions, Mirror
+from tcia_mirror.sources.nbia.client import ClientConfig
+from tcia_mirror.sources.nbia.profiles import load_profile
+from tcia_mirror.store.sqlite import StateStore
 
 
 def _connection(root: str) -> list[str]:

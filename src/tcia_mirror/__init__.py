@@ -20,59 +20,57 @@ __version__ = "0.1.0"
 # Names are imported on first use (PEP 562), so `import tcia_mirror` and the console script's
 # first lines are cheap: the entry point has its Ctrl-C guard in place before the heavy imports.
 _EXPORTS = {
-    "connect": "._api",
-    "download": "._api",
-    "resume": "._api",
-    "run_sync": "._api",
-    "status": "._api",
-    "sync": "._api",
-    "verify": "._api",
-    "Credentials": "._auth",
-    "ArchiveClient": "._client",
-    "ClientConfig": "._client",
-    "RawResponse": "._client",
-    "DownloadOptions": "._engine",
-    "Mirror": "._engine",
-    "RunReport": "._engine",
-    "VerifyReport": "._engine",
-    "AuthError": "._errors",
-    "BadRequestError": "._errors",
-    "DataError": "._errors",
-    "DiskError": "._errors",
-    "InputError": "._errors",
-    "MirrorLockedError": "._errors",
-    "NotFoundError": "._errors",
-    "ProtocolError": "._errors",
-    "RateLimitedError": "._errors",
-    "RemoteError": "._errors",
-    "ServerError": "._errors",
-    "StateError": "._errors",
-    "TciaMirrorError": "._errors",
-    "UnknownEndpointError": "._errors",
-    "UnreachableError": "._errors",
-    "Patient": "._models",
-    "Series": "._models",
-    "SeriesSize": "._models",
-    "Study": "._models",
-    "Profile": "._profiles",
-    "available_profiles": "._profiles",
-    "load_profile": "._profiles",
-    "NullProgress": "._progress",
-    "Progress": "._progress",
-    "RecordingProgress": "._progress",
-    "RetryPolicy": "._retry",
-    "Selection": "._selection",
-    "build_selection": "._selection",
+    "connect": ".api",
+    "download": ".api",
+    "resume": ".api",
+    "run_sync": ".api",
+    "status": ".api",
+    "sync": ".api",
+    "verify": ".api",
+    "Credentials": ".sources.nbia.auth",
+    "ArchiveClient": ".sources.nbia.client",
+    "ClientConfig": ".sources.nbia.client",
+    "RawResponse": ".sources.nbia.client",
+    "DownloadOptions": ".engine.mirror",
+    "Mirror": ".engine.mirror",
+    "RunReport": ".engine.mirror",
+    "VerifyReport": ".engine.mirror",
+    "AuthError": ".errors",
+    "BadRequestError": ".errors",
+    "DataError": ".errors",
+    "DiskError": ".errors",
+    "InputError": ".errors",
+    "MirrorLockedError": ".errors",
+    "NotFoundError": ".errors",
+    "ProtocolError": ".errors",
+    "RateLimitedError": ".errors",
+    "RemoteError": ".errors",
+    "ServerError": ".errors",
+    "StateError": ".errors",
+    "TciaMirrorError": ".errors",
+    "UnknownEndpointError": ".errors",
+    "UnreachableError": ".errors",
+    "Patient": ".sources.nbia.models",
+    "Series": ".sources.nbia.models",
+    "SeriesSize": ".sources.nbia.models",
+    "Study": ".sources.nbia.models",
+    "Profile": ".sources.nbia.profiles",
+    "available_profiles": ".sources.nbia.profiles",
+    "load_profile": ".sources.nbia.profiles",
+    "NullProgress": ".progress",
+    "Progress": ".progress",
+    "RecordingProgress": ".progress",
+    "RetryPolicy": ".sources.http",
+    "Selection": ".selection",
+    "build_selection": ".selection",
 }
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time see __getattr__
     from typing import Any
 
-    from ._api import connect, download, resume, run_sync, status, sync, verify
-    from ._auth import Credentials
-    from ._client import ArchiveClient, ClientConfig, RawResponse
-    from ._engine import DownloadOptions, Mirror, RunReport, VerifyReport
-    from ._errors import (
+    from tcia_mirror.api import connect, download, resume, run_sync, status, sync, verify
+    from tcia_mirror.engine.mirror import DownloadOptions, Mirror, RunReport, VerifyReport
+    from tcia_mirror.errors import (
         AuthError,
         BadRequestError,
         DataError,
@@ -89,11 +87,13 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time see __getattr__
         UnknownEndpointError,
         UnreachableError,
     )
-    from ._models import Patient, Series, SeriesSize, Study
-    from ._profiles import Profile, available_profiles, load_profile
-    from ._progress import NullProgress, Progress, RecordingProgress
-    from ._retry import RetryPolicy
-    from ._selection import Selection, build_selection
+    from tcia_mirror.progress import NullProgress, Progress, RecordingProgress
+    from tcia_mirror.selection import Selection, build_selection
+    from tcia_mirror.sources.http import RetryPolicy
+    from tcia_mirror.sources.nbia.auth import Credentials
+    from tcia_mirror.sources.nbia.client import ArchiveClient, ClientConfig, RawResponse
+    from tcia_mirror.sources.nbia.models import Patient, Series, SeriesSize, Study
+    from tcia_mirror.sources.nbia.profiles import Profile, available_profiles, load_profile
 
 __all__ = [
     "ArchiveClient",

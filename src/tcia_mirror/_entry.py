@@ -18,7 +18,7 @@ EXIT_INTERRUPTED = 130  # as cli.EXIT_INTERRUPTED
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        from .cli import run  # noqa: PLC0415 - the point: imported inside the guard
+        from tcia_mirror.cli.main import run  # noqa: PLC0415 - the point: imported inside the guard
 
         return run(argv)
     except KeyboardInterrupt:

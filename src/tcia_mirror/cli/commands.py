@@ -1,0 +1,312 @@
+"""Mirror-engine subcommands: plan, download, resume, verify, status, sync, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from datetime import date, datetime
+from typing import Any
+
+import anyio
+
+from tcia_mirror.config import client_config, resolve
+from tcia_mirror.engine.mirror import DownloadOptions, Mirror, RunReport
+from tcia_mirror.errors import InputError, StateError
+from tcia_mirror.progress import Progress
+from tcia_mirror.selection import Selection, build_selection
+
+
+def _selection_options() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("selection (combinable; the plan is their union)")
+    g.add_argument("--collection", metavar="NAME")
+    g.add_argument("--patient", action="append", default=[], metavar="ID", help="repeatable")
+    g.add_argument("--study", metavar="UID")
+    g.add_argument("--modality", metavar="M")
+    g.add_argument("--body-part", metavar="B")
+    g.add_argument("--manufacturer", metavar="M")
+    g.add_argument("--manufacturer-model", metavar="M")
+    g.add_argument("--shared-list", action="append", default=[], metavar="NAME")
+    g.add_argument("--manifest", action="append", default=[], metavar="FILE.tcia")
+    g.add_argument("--series", action="append", default=[], metavar="UID", help="repeatable")
+    g.add_argument("--series-file", action="append", default=[], metavar="FILE")
+    return p
+
+
+def _out_option(required: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--out", required=required, metavar="DIR", help="the mirror folder")
+    return p
+
+
+def _run_options() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--concurrency", type=int, default=8, metavar="N", help="parallel transfers")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-md5", action="store_true", help="skip the MD5-carrying image endpoint")
+    p.add_argument(
+        "--give-up-after",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
+        help="retry a series (with backoff) until this long passes without a file of it "
+        "committed (default 600)",
+    )
+    return p
+
+
+def add_engine_commands(sub: Any, conn: argparse.ArgumentParser) -> None:
+    sel, out, run = _selection_options(), _out_option(), _run_options()
+    p = sub.add_parser("plan", parents=[conn, sel, out], help="record the plan and print its size")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--concurrency", type=int, default=8, metavar="N")
+    p.add_argument("--layout", metavar="TEMPLATE")
+    p.set_defaults(func=_cmd_plan)
+
+    d = sub.add_parser("download", parents=[conn, sel, out, run], help="mirror a selection")
+    d.add_argument("--mode", choices=["zip", "single"], default="zip")
+    d.add_argument(
+        "--layout",
+        metavar="TEMPLATE",
+        help="default, nbia-classic, nbia-descriptive, flat or a template",
+    )
+    d.add_argument("--dry-run", action="store_true", help="print the plan and check disk space")
+    d.add_argument("--json", action="store_true", help="print the run report as JSON")
+    d.set_defaults(func=_cmd_download)
+
+    r = sub.add_parser("resume", parents=[conn, out, run], help="finish an interrupted mirror")
+    r.add_argument("--mode", choices=["zip", "single"], default="zip")
+    r.add_argument("--json", action="store_true")
+    r.set_defaults(func=_cmd_resume)
+
+    v = sub.add_parser("verify", parents=[conn, out], help="re-check every file on disk")
+    v.add_argument("--json", action="store_true")
+    v.add_argument("--quick", action="store_true", help="skip MD5 of file contents")
+    v.add_argument(
+        "--remote",
+        action="store_true",
+        help="also ask the archive again; series it changed are reported as archive_changed",
+    )
+    v.set_defaults(func=_cmd_verify)
+
+    # the connection options are accepted (one set of options for every command) and ignored
+    s = sub.add_parser("status", parents=[conn, out], help="how far the mirror is (local)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=_cmd_status)
+
+    y = sub.add_parser("sync", parents=[conn, out, run], help="fetch what is new or changed")
+    y.add_argument("--since", metavar="YYYY-MM-DD")
+    y.add_argument("--json", action="store_true")
+    y.set_defaults(func=_cmd_sync)
+
+    m = sub.add_parser(
+        "demo",
+        parents=[_out_option(required=False)],
+        help="a guided tour on the built-in simulator",
+    )
+    m.add_argument("--no-progress", action="store_true")
+    m.set_defaults(func=_cmd_demo, out=None)
+
+
+# -- helpers -----------------------------------------------------------------------------------
+def _progress(args: argparse.Namespace) -> Progress:
+    from tcia_mirror.cli.tqdm import LineProgress, TqdmProgress  # noqa: PLC0415
+
+    if getattr(args, "no_progress", False) or not sys.stderr.isatty():
+        # cron-friendly: no chatter; the outcome is the one summary line on stdout
+        return LineProgress(quiet=True)
+    return TqdmProgress()
+
+
+def _selection(args: argparse.Namespace) -> Selection:
+    return build_selection(
+        collection=args.collection,
+        patients=args.patient,
+        study=args.study,
+        modality=args.modality,
+        body_part=args.body_part,
+        manufacturer=args.manufacturer,
+        manufacturer_model=args.manufacturer_model,
+        shared_lists=args.shared_list,
+        manifests=args.manifest,
+        series=args.series,
+        series_files=args.series_file,
+    )
+
+
+def _mirror(args: argparse.Namespace, *, recorded_ok: bool, progress: Progress | None) -> Mirror:
+    recorded: dict[str, Any] = {}
+    if recorded_ok and Mirror.exists(args.out):
+        try:
+            rec = _run(Mirror(args.out).recorded)
+        except StateError:
+            rec = {}
+        recorded = {k: rec[k] for k in ("api", "base_url") if rec.get(k)}
+    settings = resolve(vars(args), defaults=recorded)
+    return Mirror(args.out, client_config(settings), progress=progress)
+
+
+def _run(coro: Callable[[], Awaitable[Any]]) -> Any:
+    return anyio.run(coro)
+
+
+def _print_report(args: argparse.Namespace, report: RunReport) -> int:
+    if getattr(args, "json", False):
+        print(json.dumps(report.to_dict(), indent=2, default=str))
+    else:
+        print(report.summary())
+        for p in report.problems[:20]:
+            print(
+                f"  problem: series {p['series']}: {p['kind']} (expected {p.get('expected')}, found {p.get('found')})"
+            )
+    return report.exit_code
+
+
+def _options(args: argparse.Namespace, **extra: Any) -> DownloadOptions:
+    return DownloadOptions(
+        mode=getattr(args, "mode", "zip"),
+        concurrency=args.concurrency,
+        md5=not args.no_md5,
+        give_up_after=args.give_up_after,
+        **extra,
+    )
+
+
+# -- commands ----------------------------------------------------------------------------------
+def _cmd_plan(args: argparse.Namespace) -> int:
+    selection = _selection(args)
+    if selection.is_empty() and not Mirror.exists(args.out):
+        raise InputError(
+            "nothing selected: give --collection, --shared-list, --manifest, --series or --series-file"
+        )
+    mirror = _mirror(args, recorded_ok=True, progress=None)
+    plan = _run(lambda: mirror.plan(selection, concurrency=args.concurrency, layout=args.layout))
+    data = {
+        "series": len(plan.series),
+        "instances": plan.total_instances,
+        "bytes": plan.total_bytes,
+        "missing": plan.missing,
+        "plan": [
+            {
+                "series": p.uid,
+                "collection": p.collection,
+                "patient": p.patient_id,
+                "study": p.study_uid,
+                "expected_count": p.expected_count,
+                "expected_bytes": p.expected_bytes,
+            }
+            for p in plan.series
+        ],
+    }
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        print(
+            f"plan: {data['series']} series, {data['instances']} instances, "
+            f"{data['bytes'] / 1e6:.1f} MB recorded in {args.out}"
+        )
+        if plan.missing:
+            print(f"not on the archive: {', '.join(plan.missing)}")
+    return 1 if plan.missing else 0
+
+
+def _cmd_download(args: argparse.Namespace) -> int:
+    selection = _selection(args)
+    fresh = not Mirror.exists(args.out)
+    if selection.is_empty() and fresh:
+        raise InputError(
+            "nothing selected: give --collection, --shared-list, --manifest, --series or --series-file"
+        )
+    progress = _progress(args)
+    mirror = _mirror(args, recorded_ok=True, progress=progress)
+    opts = _options(args, layout=args.layout, dry_run=args.dry_run)
+    try:
+        report = _run(
+            lambda: mirror.download(selection if not selection.is_empty() else None, opts)
+        )
+    finally:
+        progress.close()
+    if args.dry_run:
+        print(
+            f"dry run: {report.planned_series} series, {report.planned_instances} instances, "
+            f"{report.planned_bytes / 1e6:.1f} MB; enough free space in {args.out}"
+        )
+        if report.missing:
+            print(f"not on the archive: {', '.join(report.missing)}")
+        return 1 if report.missing else 0
+    return _print_report(args, report)
+
+
+def _existing_mirror_run(
+    args: argparse.Namespace, call: Callable[[Mirror], Awaitable[RunReport]]
+) -> int:
+    """resume / sync: a mirror that exists, its recorded connection, one report."""
+    if not Mirror.exists(args.out):
+        raise StateError(
+            f"{args.out} is not a tcia-mirror mirror; start one with `tcia-mirror download`"
+        )
+    progress = _progress(args)
+    mirror = _mirror(args, recorded_ok=True, progress=progress)
+    try:
+        report = _run(lambda: call(mirror))
+    finally:
+        progress.close()
+    return _print_report(args, report)
+
+
+def _cmd_resume(args: argparse.Namespace) -> int:
+    return _existing_mirror_run(args, lambda m: m.resume(_options(args)))
+
+
+def _cmd_sync(args: argparse.Namespace) -> int:
+    since: date | None = None
+    if args.since:
+        try:
+            since = datetime.strptime(args.since, "%Y-%m-%d").date()
+        except ValueError:
+            raise InputError(f"--since {args.since!r}: expected a date as YYYY-MM-DD") from None
+    return _existing_mirror_run(args, lambda m: m.sync(since, _options(args)))
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    # --remote: the recorded profile and base URL, overridden by settings and flags; without
+    # it verify is local and the connection options are accepted and ignored
+    mirror = _mirror(args, recorded_ok=True, progress=None) if args.remote else Mirror(args.out)
+    report = _run(lambda: mirror.verify(deep=not args.quick, remote=args.remote))
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2, default=str))
+    else:
+        state = "ok" if report.ok else f"{len(report.problems)} problem(s)"
+        print(f"verify: {report.series_checked} series checked, {state}")
+        for p in report.problems[:50]:
+            print(
+                f"  series {p['series']}: {p['kind']} (expected {p.get('expected')}, found {p.get('found')})"
+            )
+        kinds = {p["kind"] for p in report.problems}
+        if kinds - {"archive_changed"}:
+            print(f"fix with: tcia-mirror resume --out {args.out}")
+        if "archive_changed" in kinds:
+            print(f"fetch the archive's changes with: tcia-mirror sync --out {args.out}")
+    return 0 if report.ok else 1
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    summary = _run(Mirror(args.out).status)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        s, i, b = summary["series"], summary["instances"], summary["bytes"]
+        print(
+            f"series: {s['complete']}/{s['total']} complete, {s['failed']} failed, {s['pending']} pending; "
+            f"instances: {i['complete']}/{i['total']}; bytes: {b['complete'] / 1e6:.1f}/{b['total'] / 1e6:.1f} MB"
+        )
+    done = summary["series"]["complete"] == summary["series"]["total"]
+    return 0 if done else 1
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from tcia_mirror.cli.demo import run_demo  # noqa: PLC0415
+
+    return run_demo(out=args.out, progress=not args.no_progress)

@@ -1,0 +1,792 @@
+"""The mirror engine: plan -> bounded async fetch -> checkpoints -> verify, with reports.
+
+:class:`Mirror` is the library face of every CLI command (plan, download, resume, verify,
+status, sync). It never imports the CLI or tqdm; progress goes to a :class:`Progress` sink.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import random
+import shutil
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import anyio
+
+from tcia_mirror.engine.adopt import examine, unrecorded_files
+from tcia_mirror.engine.pipeline import Fetcher, SeriesWork
+from tcia_mirror.engine.scheduler import Job, JobQueue
+from tcia_mirror.engine.verifier import check_series
+from tcia_mirror.errors import (
+    AuthError,
+    BadRequestError,
+    DataError,
+    DiskError,
+    InputError,
+    NotFoundError,
+    RateLimitedError,
+    RemoteError,
+    ServerError,
+    StateError,
+    UnreachableError,
+    one_error,
+    redact,
+)
+from tcia_mirror.fs.atomic import AtomicWriter, cleanup_temp_files
+from tcia_mirror.fs.layout import Layout
+from tcia_mirror.progress import NullProgress, Progress
+from tcia_mirror.selection import Selection
+from tcia_mirror.sources.base import Mode, PlanResult, Source
+from tcia_mirror.sources.http import RetryPolicy, Sleep, real_sleep
+from tcia_mirror.sources.nbia.client import ArchiveClient, ClientConfig
+from tcia_mirror.sources.nbia.source import NbiaSource
+from tcia_mirror.store.base import STATE_DIR, SeriesState, Store
+from tcia_mirror.store.sqlite import SqliteStore
+
+T = TypeVar("T")
+PLAN_CONCURRENCY = 32  # planning requests at once (at least; 2 x --concurrency when larger)
+# tries in a row, without a file committed, that the archive answered in full with content that
+# failed the checks (wrong series or instance, not DICOM, MD5 or CRC mismatch): such an archive
+# is not flaky but wrong, and retrying it until --give-up-after would only fetch the same again
+WRONG_CONTENT_TRIES = 3
+META_FIELDS = ("selection", "layout", "api", "base_url", "last_sync")
+
+
+@dataclass(frozen=True, slots=True)
+class DownloadOptions:
+    mode: Mode = "zip"
+    concurrency: int = 8
+    layout: str | None = None  # None: the mirror's recorded layout, else "default"
+    dry_run: bool = False
+    md5: bool = True  # use the profile's MD5-carrying image endpoint when it has one
+    fsync: bool = True
+    # a series is retried (capped exponential backoff between tries) until this many seconds
+    # pass without one file of it committed; then it is given up for this run
+    give_up_after: float = 600.0
+    check_space: bool = True
+
+
+@dataclass(slots=True)
+class RunReport:
+    command: str
+    out: str
+    selection: str
+    started: str
+    finished: str = ""
+    series: list[dict[str, Any]] = field(default_factory=list)
+    problems: list[dict[str, Any]] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    planned_series: int = 0
+    planned_instances: int = 0
+    planned_bytes: int = 0
+    bytes_received: int = 0
+    files_committed: int = 0
+    files_adopted: int = 0  # renamed into place by a killed run, recorded by this one
+    retries: int = 0
+    throttled: int = 0
+    seconds: float = 0.0
+    dry_run: bool = False
+    status: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> list[str]:
+        return [s["series"] for s in self.series if s["outcome"] != "complete"]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and not self.missing and not self.problems
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.ok else 1
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["ok"] = self.ok
+        return d
+
+    def summary(self) -> str:
+        st = self.status
+        ser, inst, byt = st.get("series", {}), st.get("instances", {}), st.get("bytes", {})
+        line = (
+            f"{self.command}: {ser.get('complete', 0)}/{ser.get('total', 0)} series complete, "
+            f"{inst.get('complete', 0)}/{inst.get('total', 0)} instances, "
+            f"{_human(byt.get('complete', 0))} of {_human(byt.get('total', 0))}; "
+            f"this run fetched {self.files_committed} files ({_human(self.bytes_received)}) "
+            f"in {self.seconds:.1f} s"
+        )
+        if self.failed:
+            line += f"; INCOMPLETE: {', '.join(self.failed[:5])}"
+            if len(self.failed) > 5:
+                line += f" and {len(self.failed) - 5} more"
+        if self.missing:
+            line += f"; not on the archive: {', '.join(self.missing[:5])}"
+        return line
+
+
+@dataclass(slots=True)
+class VerifyReport:
+    ok: bool
+    series_checked: int
+    problems: list[dict[str, Any]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "series_checked": self.series_checked, "problems": self.problems}
+
+
+def _human(n: int | float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n} B"
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class Mirror:
+    """A local mirror folder and the archive it follows.
+
+    ``config`` may be None for commands that do not talk to the archive (status, verify).
+    ``after_rename`` is a fault seam for tests: called with each file right after it is renamed
+    into place and before the store records it (the window a kill -9 can hit).
+    """
+
+    def __init__(
+        self,
+        out: str | Path,
+        config: ClientConfig | None = None,
+        *,
+        progress: Progress | None = None,
+        sleep: Sleep = real_sleep,
+        clock: Callable[[], float] = time.monotonic,
+        after_rename: Callable[[Path], None] | None = None,
+    ) -> None:
+        self.root = Path(out)
+        self.config = config
+        self.progress: Progress = progress or NullProgress()
+        self._sleep = sleep
+        self._clock = clock  # measures --give-up-after; tests inject a fake one with ``sleep``
+        self._after_rename = after_rename  # test seam: see Fetcher
+
+    # -- the folder and its store ------------------------------------------------------------
+    async def _open_store(self, *, create: bool) -> Store:
+        if self.root.exists() and not self.root.is_dir():
+            raise InputError(f"--out {self.root} exists and is not a folder")
+        if create:
+            try:
+                self.root.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise DiskError(
+                    f"cannot create the mirror folder {self.root}: {exc.strerror}"
+                ) from None
+        return await SqliteStore.open(self.root, create=create)
+
+    @staticmethod
+    def exists(out: str | Path) -> bool:
+        """Whether ``out`` holds a mirror (a plan was started there)."""
+        return (Path(out) / STATE_DIR).is_dir()
+
+    async def recorded(self) -> dict[str, str | None]:
+        """What the mirror recorded (selection, layout, api, base_url, last_sync); no secrets."""
+        store = await self._open_store(create=False)
+        async with store:
+            return {k: await store.get_meta(k) for k in META_FIELDS}
+
+    def _client(self, concurrency: int) -> ArchiveClient:
+        if self.config is None:
+            raise InputError("this command needs the archive: give --api / --base-url")
+        cfg = replace(self.config, max_connections=max(1, concurrency))
+        return ArchiveClient(cfg, sleep=self._sleep)
+
+    async def _layout(self, store: Store, wanted: str | None) -> Layout:
+        recorded = await store.get_meta("layout")
+        if wanted and recorded and wanted != recorded and await store.series():
+            raise InputError(
+                f"this mirror uses layout {recorded!r}; a different --layout needs another --out"
+            )
+        spec = wanted or recorded or "default"
+        layout = Layout.parse(spec)
+        await store.set_meta("layout", spec)
+        return layout
+
+    async def _record_connection(self, store: Store) -> None:
+        if self.config is not None:
+            await store.set_meta("api", self.config.profile.name)
+            if self.config.base_url:  # a password in the URL is never stored
+                await store.set_meta("base_url", _without_password(self.config.base_url))
+
+    # -- plan --------------------------------------------------------------------------------
+    async def _plan_into(
+        self,
+        store: Store,
+        source: Source,
+        selection: Selection,
+        layout: Layout,
+        concurrency: int,
+    ) -> PlanResult:
+        known = {s.uid: s for s in await store.series()}
+        self.progress.on_message(f"planning {selection.describe()}")
+        plan = await source.plan(
+            selection, concurrency=concurrency, known=known, on_message=self.progress.on_message
+        )
+        await store.record_plan(plan.series)
+        for p in plan.series:
+            state = await store.get_series(p.uid)
+            if state is not None and state.rel_dir is None:
+                await store.set_series_status(
+                    p.uid, state.status, error=state.error, rel_dir=str(layout.series_dir(p.fields))
+                )
+        await store.set_meta("selection", selection.to_json())
+        # last: a run killed before this point left a partial plan, which resume redoes
+        await store.set_meta("planned", selection.to_json())
+        return plan
+
+    async def plan(
+        self, selection: Selection, *, concurrency: int = 8, layout: str | None = None
+    ) -> PlanResult:
+        """Expand the selection and record the plan; fetch nothing."""
+        store = await self._open_store(create=True)
+        async with store, store.lock():
+            recorded = await store.get_meta("selection")
+            if recorded:
+                selection = Selection.from_json(recorded).union(selection)
+            lay = await self._layout(store, layout)
+            await self._record_connection(store)
+            async with self._client(concurrency) as client:
+                return await self._plan_into(store, NbiaSource(client), selection, lay, concurrency)
+
+    # -- download / resume / sync ------------------------------------------------------------
+    async def download(
+        self, selection: Selection | None = None, options: DownloadOptions | None = None
+    ) -> RunReport:
+        """Plan (new selection) or pick up the recorded plan (resume), then fetch what is missing."""
+        return await self._run("download" if selection else "resume", selection, options)
+
+    async def resume(self, options: DownloadOptions | None = None) -> RunReport:
+        return await self._run("resume", None, options)
+
+    async def sync(
+        self, since: date | None = None, options: DownloadOptions | None = None
+    ) -> RunReport:
+        """Bring the mirror up to date with its recorded selection: new and changed series."""
+        return await self._run("sync", None, options, since=since)
+
+    async def _run(
+        self,
+        command: str,
+        selection: Selection | None,
+        options: DownloadOptions | None,
+        *,
+        since: date | None = None,
+    ) -> RunReport:
+        opts = options or DownloadOptions()
+        if opts.concurrency < 1:
+            raise InputError("--concurrency must be at least 1")
+        if not opts.give_up_after >= 0:
+            raise InputError("--give-up-after must be 0 or more seconds")
+        t0 = time.monotonic()
+        store = await self._open_store(create=command == "download")
+        async with store, store.lock():
+            cleanup_temp_files(self.root)
+            recorded = await store.get_meta("selection")
+            if selection is None:
+                if not recorded:
+                    raise StateError(
+                        f"{self.root} has no recorded selection; start with `tcia-mirror download`"
+                    )
+                selection = Selection.from_json(recorded)
+            elif recorded:
+                selection = Selection.from_json(recorded).union(selection)
+            report = RunReport(command, str(self.root), selection.describe(), _now())
+            report.dry_run = opts.dry_run
+            layout = await self._layout(store, opts.layout)
+            await self._record_connection(store)
+            async with self._client(opts.concurrency) as client:
+                source = NbiaSource(client)
+                if command == "download" and selection.to_json() != recorded:
+                    old = Selection.from_json(recorded) if recorded else None
+                    if selection.collection and (old is None or not old.collection):
+                        name = selection.collection
+                        await self._patiently(
+                            lambda: self._check_collection(client, name), opts, client
+                        )
+                    # recorded before planning, so a run killed while planning can be resumed
+                    await store.set_meta("selection", selection.to_json())
+                planned = await store.get_meta("planned") == selection.to_json()
+                if command != "resume" or not planned or not await store.series():
+                    if command == "sync" and since is None and await store.get_meta("last_sync"):
+                        since = date.fromisoformat(str(await store.get_meta("last_sync")))
+                    if command == "sync" and since is not None and selection.collection:
+                        new = await client.new_patients(selection.collection, since)
+                        self.progress.on_message(
+                            f"the archive lists {len(new)} patient(s) new in "
+                            f"{selection.collection} since {since.isoformat()}"
+                        )
+                    sel = selection
+                    plan = await self._patiently(
+                        lambda: self._plan_into(store, source, sel, layout, opts.concurrency),
+                        opts,
+                        client,
+                    )
+                    report.missing = plan.missing + _unmatched(selection, plan)
+                states = await store.series()
+                report.planned_series = len(states)
+                report.planned_instances = sum(s.expected_count or 0 for s in states)
+                report.planned_bytes = sum(s.expected_bytes or 0 for s in states)
+                todo = [s for s in states if s.status != "complete"]
+                need = sum(max(0, (s.expected_bytes or 0) - s.done_bytes) for s in todo)
+                self._check_space(need, opts)
+                if not opts.dry_run:
+                    await self._fetch(store, source, todo, opts, report)
+                report.retries = client.retries
+                report.throttled = client.throttled
+                secrets = client.secrets()
+            if command == "sync" and not opts.dry_run:
+                await store.set_meta("last_sync", date.today().isoformat())
+            report.status = await store.summary()
+            report.finished = _now()
+            report.seconds = time.monotonic() - t0
+            if not opts.dry_run:
+                await self._write_metadata_csv(store)
+                self._write_report(report, secrets)
+        return report
+
+    async def _patiently(
+        self, step: Callable[[], Awaitable[T]], opts: DownloadOptions, client: ArchiveClient
+    ) -> T:
+        """A planning step on a flaky archive: when a request failed every try the client gave it
+        (5xx, 429), the step is taken again after a backoff, until ``give_up_after`` seconds
+        have passed since it began. Other errors stop the run at once."""
+        began = self._clock()
+        tries = 0
+        while True:
+            try:
+                return await step()
+            except (ServerError, RateLimitedError) as exc:
+                tries += 1
+                left = opts.give_up_after - (self._clock() - began)
+                if left <= 0:
+                    raise
+                delay = min(client.config.retry.backoff(tries), left)
+                self.progress.on_message(f"{_one_line(exc)}; trying again in {delay:.1f} s")
+                await self._sleep(delay)
+
+    async def _check_collection(self, client: ArchiveClient, name: str) -> None:
+        """A misspelt collection is bad input, found before anything is recorded."""
+        if not client.profile.has("getCollectionValues"):
+            return
+        known = await client.collections()
+        if known and name.lower() not in {k.lower() for k in known}:
+            listed = ", ".join(sorted(known)[:10]) + (" ..." if len(known) > 10 else "")
+            raise InputError(
+                f"collection {name!r} is not on the archive (it has: {listed}); check the name "
+                "with `tcia-mirror query getCollectionValues`"
+            )
+
+    def _check_space(self, need: int, opts: DownloadOptions) -> None:
+        if not opts.check_space or need <= 0:
+            return
+        free = shutil.disk_usage(self.root).free
+        margin = 64 * 2**20
+        if need + margin > free:
+            raise DiskError(
+                f"the download needs {_human(need)} but only {_human(free)} is free in "
+                f"{self.root}; free some space or choose another --out"
+            )
+
+    async def _work_for(self, store: Store, s: SeriesState) -> SeriesWork:
+        insts = await store.instances(s.uid)
+        w = SeriesWork(
+            uid=s.uid,
+            collection=s.collection,
+            rel_dir=s.rel_dir or s.uid,
+            expected=frozenset(i.sop_uid for i in insts),
+            expected_count=s.expected_count,
+            expected_bytes=s.expected_bytes,
+            earlier_attempts=s.attempts,
+        )
+        for i in insts:
+            if i.done and i.rel_path is not None:
+                w.done[i.sop_uid] = (i.rel_path, i.size or 0, i.md5)
+        return w
+
+    async def _adopt(self, store: Store, w: SeriesWork, report: RunReport) -> None:
+        """Record the files a killed run renamed into place but never recorded (see _adopt).
+
+        One directory listing per series; headers and MD5s are read in a worker thread, only
+        for series with candidates (files named like a missing instance). Files that fail the
+        checks are left and noted: the refetch of their instance replaces them.
+        """
+        if w.expected and w.expected <= w.done.keys():
+            return  # nothing missing
+        names = unrecorded_files(
+            self.root,
+            w.rel_dir,
+            recorded=(rel for rel, _s, _m in w.done.values()),
+            missing=(sop for sop in w.expected if sop not in w.done) if w.expected else None,
+        )
+        if not names:
+            return
+        known = await store.instances(w.uid)
+        found = await anyio.to_thread.run_sync(
+            lambda: examine(self.root, w.rel_dir, w.uid, names, known, w.archive_md5)
+        )
+        if found.adopted:
+            await store.commit_instances(w.uid, found.adopted)
+            for sop, rel, size, md5 in found.adopted:
+                w.done[sop] = (rel, size, md5)
+                self.progress.on_bytes(size)  # in the mirror now: the byte total ends full
+            report.files_adopted += len(found.adopted)
+            self.progress.on_message(
+                f"series {w.uid}: adopted {len(found.adopted)} file(s) renamed into place by "
+                "a run that was stopped before recording them"
+            )
+        if found.refused:
+            listed = "; ".join(f"{n}: {why}" for n, why in found.refused[:5])
+            more = f" and {len(found.refused) - 5} more" if len(found.refused) > 5 else ""
+            w.notes.append(f"not adopted, to be replaced if fetched again: {listed}{more}")
+
+    @staticmethod
+    def _jobs_for(source: Source, w: SeriesWork, mode: Mode) -> list[Job]:
+        jobs = [Job(w, unit) for unit in source.units(w.view(), mode)]
+        w.outstanding += len(jobs)
+        return jobs
+
+    async def _fetch(
+        self,
+        store: Store,
+        source: Source,
+        todo: list[SeriesState],
+        opts: DownloadOptions,
+        report: RunReport,
+    ) -> None:
+        fetcher = Fetcher(
+            source,
+            store,
+            self.root,
+            self.progress,
+            md5=opts.md5,
+            fsync=opts.fsync,
+            after_rename=self._after_rename,
+        )
+        summary = await store.summary()
+        self.progress.on_start(
+            series_total=summary["series"]["total"],
+            series_done=summary["series"]["complete"],
+            bytes_total=summary["bytes"]["total"],
+            bytes_done=summary["bytes"]["complete"],
+        )
+        works: dict[str, SeriesWork] = {}
+        round_start: dict[str, int] = {}
+
+        async def initial() -> AsyncGenerator[Job]:
+            for s in todo:
+                w = await self._work_for(store, s)
+                await self._adopt(store, w, report)
+                works[w.uid] = w
+                round_start[w.uid] = len(w.done)
+                jobs = self._jobs_for(source, w, opts.mode)
+                if not jobs:
+                    await self._finalize(store, w, report)
+                for job in jobs:
+                    yield job
+
+        queue = JobQueue(initial())
+
+        # the give-up budget (--give-up-after): a series is tried again, with capped exponential
+        # backoff between its tries, until that many seconds pass without a file of it committed
+        policy = self.config.retry if self.config is not None else RetryPolicy()
+        jitter = random.Random()
+        since: dict[str, float] = {}  # series -> start of its budget (first try, last progress)
+        failed_try: set[str] = set()  # series with a failed try in their round under way
+        refused: set[str] = set()  # the archive refused (400/404): retrying cannot help
+        problems_at: dict[str, int] = {}  # series -> its problems when its round began
+        wrong: dict[str, int] = {}  # series -> rounds answered with wrong content, no progress
+
+        async def wake(delay: float, jobs: list[Job]) -> None:
+            await self._sleep(delay)
+            queue.done(jobs)
+
+        def give_up(w: SeriesWork) -> str | None:
+            """Why the series is given up now (its note), or None to try again."""
+            waited = self._clock() - since[w.uid]
+            last = w.notes[-1] if w.notes else "no error"
+            if waited >= opts.give_up_after:
+                return (
+                    f"given up after {waited:.0f} s and {w.stalls} tries without a file "
+                    f"committed (--give-up-after {opts.give_up_after:g}); last: {last}"
+                )
+            if wrong.get(w.uid, 0) >= WRONG_CONTENT_TRIES:
+                return (
+                    f"given up after {WRONG_CONTENT_TRIES} tries answered in full with content "
+                    f"that failed the checks, without a file committed; last: {last}"
+                )
+            return None
+
+        async def next_round(w: SeriesWork) -> list[Job]:
+            """The round of ``w`` is over: its next tries now, after a backoff, or it is done."""
+            if len(w.done) > round_start[w.uid]:
+                w.stalls, since[w.uid], wrong[w.uid] = 0, self._clock(), 0  # progress
+            else:
+                w.stalls += 1
+                if len(w.problems) > problems_at[w.uid]:  # the checks refused what came
+                    wrong[w.uid] = wrong.get(w.uid, 0) + 1
+            round_start[w.uid] = len(w.done)
+            problems_at[w.uid] = len(w.problems)
+            failed = w.uid in failed_try
+            failed_try.discard(w.uid)
+            more = bool(w.missing()) if w.expected else failed
+            if more and w.uid not in refused:
+                if (why := give_up(w)) is not None:
+                    w.notes.append(why)
+                elif jobs := self._jobs_for(source, w, opts.mode):
+                    if not w.stalls:
+                        return jobs  # progress was made: straight on
+                    left = opts.give_up_after - (self._clock() - since[w.uid])
+                    queue.later()  # the tries are queued once the backoff has passed
+                    tg.start_soon(wake, min(policy.backoff(w.stalls, jitter), left), jobs)
+                    return []
+            await self._finalize(store, w, report)
+            return []
+
+        async def run_job(job: Job) -> list[Job]:
+            w = job.work
+            since.setdefault(w.uid, self._clock())
+            problems_at.setdefault(w.uid, len(w.problems))
+            try:
+                if job.unit.kind == "archive":
+                    w.attempts += 1
+                    state = await store.get_series(w.uid)  # count the try before it can be killed
+                    if state is not None:
+                        await store.set_series_status(
+                            w.uid, state.status, error=state.error, attempt=True
+                        )
+                await fetcher.fetch(w, job.unit)  # a refusal of what came is recorded on w
+            except (AuthError, UnreachableError, DiskError):
+                raise  # the run cannot go on: stop, keep what is committed
+            except (BadRequestError, NotFoundError) as exc:
+                w.problem("archive_refused", found=str(exc))
+                refused.add(w.uid)  # retrying will not help
+            except DataError as exc:
+                w.notes.append(_one_line(exc))
+                failed_try.add(w.uid)
+                if job.unit.kind == "archive":
+                    w.zip_untrusted = True  # a broken or hostile ZIP: finish with single images
+            except RemoteError as exc:  # TransferError too: a body cut mid-way
+                w.notes.append(_one_line(exc))  # the run report's notes: one line per failed try
+                failed_try.add(w.uid)
+            w.outstanding -= 1
+            if w.outstanding > 0:
+                return []
+            return await next_round(w)
+
+        async def worker() -> None:
+            while (job := await queue.get()) is not None:
+                follow: list[Job] = []
+                try:
+                    follow = await run_job(job)
+                finally:
+                    queue.done(follow)
+
+        try:
+            async with one_error(), anyio.create_task_group() as tg:
+                for _ in range(opts.concurrency):
+                    tg.start_soon(worker)
+        finally:
+            await queue.aclose()
+            report.bytes_received += fetcher.bytes_received
+            report.files_committed += fetcher.files_committed
+
+    async def _finalize(self, store: Store, w: SeriesWork, report: RunReport) -> None:
+        found = len(w.done)
+        found_bytes = sum(size for _p, size, _m in w.done.values())
+        missing = w.missing()
+        if missing:
+            w.problem(
+                "missing_instances",
+                expected=len(w.expected),
+                found=found,
+                detail=(w.notes[-1] if w.notes else None),
+            )
+        elif w.expected_count is not None and found != w.expected_count:
+            w.problem("object_count", expected=w.expected_count, found=found)
+        if not missing and w.expected_bytes is not None and found_bytes != w.expected_bytes:
+            w.problem("total_bytes", expected=w.expected_bytes, found=found_bytes)
+        problems = list(w.problems)
+        outcome = "failed" if problems else "complete"
+        error = "; ".join(sorted({p["kind"] for p in problems})) or None
+        await store.set_series_status(w.uid, outcome, error=error)
+        report.series.append(
+            {
+                "series": w.uid,
+                "collection": w.collection,
+                "dir": w.rel_dir,
+                "expected_count": w.expected_count,
+                "found_count": found,
+                "expected_bytes": w.expected_bytes,
+                "found_bytes": found_bytes,
+                "attempts": w.attempts,
+                "outcome": outcome,
+                "problems": problems,
+                "notes": w.notes[-5:],
+            }
+        )
+        report.problems.extend(problems)
+        self.progress.on_series(w.uid, outcome)
+
+    # -- verify / status ---------------------------------------------------------------------
+    async def verify(
+        self, *, deep: bool = True, concurrency: int = 4, remote: bool = False
+    ) -> VerifyReport:
+        """Re-check what is on disk now; damaged files are forgotten so resume fetches them.
+
+        ``remote``: also ask the archive again (getSeriesSize, getSOPInstanceUIDs) and report
+        every series it changed since the plan as ``archive_changed``. Those leave local state
+        as it is (``sync`` fetches the change); an archive error stops verify before any change.
+        """
+        from tcia_mirror.sources.nbia.archive_check import archive_changes  # noqa: PLC0415
+
+        store = await self._open_store(create=False)
+        async with store, store.lock():
+            states = await store.series()
+            changed: list[dict[str, Any]] = []
+            if remote:
+                async with self._client(PLAN_CONCURRENCY) as client:
+                    changed = await archive_changes(
+                        client, states, store.instances, concurrency=PLAN_CONCURRENCY
+                    )
+            checks = []
+            limiter = anyio.CapacityLimiter(max(1, concurrency))
+            results: dict[str, Any] = {}
+
+            async def one(s: SeriesState) -> None:
+                async with limiter:  # one series' instance list in memory per worker
+                    insts = await store.instances(s.uid)
+                    results[s.uid] = await anyio.to_thread.run_sync(
+                        lambda: check_series(self.root, s, insts, deep=deep)
+                    )
+
+            async with one_error(), anyio.create_task_group() as tg:
+                for s in states:
+                    tg.start_soon(one, s)
+            problems: list[dict[str, Any]] = []
+            for s in states:
+                chk = results[s.uid]
+                checks.append(chk)
+                problems.extend(chk.problems)
+                if chk.damaged:
+                    await store.uncommit_instances(s.uid, chk.damaged)
+                status = (
+                    "complete"
+                    if not chk.problems
+                    else ("pending" if s.status == "complete" else s.status)
+                )
+                if status != s.status:
+                    await store.set_series_status(
+                        s.uid, status, error=None if status == "complete" else "verify"
+                    )
+            problems.extend(changed)
+            report = VerifyReport(ok=not problems, series_checked=len(states), problems=problems)
+            self._write_json(f"verify-{_stamp()}.json", report.to_dict())
+            return report
+
+    async def status(self) -> dict[str, Any]:
+        store = await self._open_store(create=False)
+        async with store:
+            return await store.summary()
+
+    # -- outputs -----------------------------------------------------------------------------
+    def _write_json(
+        self, name: str, data: dict[str, Any], secrets: tuple[str | None, ...] = ()
+    ) -> None:
+        folder = self.root / STATE_DIR / "reports"
+        folder.mkdir(parents=True, exist_ok=True)
+        # server messages quoted in a report may echo a key or token: never write them
+        body = redact(json.dumps(data, indent=2, default=str), secrets).encode()
+        with AtomicWriter(folder / name, fsync=False) as w:
+            w.write(body)
+            w.commit()
+
+    def _write_report(self, report: RunReport, secrets: tuple[str | None, ...]) -> None:
+        data = report.to_dict()
+        self._write_json(f"{report.command}-{_stamp()}.json", data, secrets)
+        self._write_json("last-run.json", data, secrets)
+
+    async def _write_metadata_csv(self, store: Store) -> None:
+        buf = io.StringIO()
+        out = csv.writer(buf, lineterminator="\n")
+        out.writerow(
+            [
+                "SeriesInstanceUID",
+                "Collection",
+                "PatientID",
+                "StudyInstanceUID",
+                "Modality",
+                "SeriesDescription",
+                "ExpectedCount",
+                "FoundCount",
+                "ExpectedBytes",
+                "FoundBytes",
+                "Status",
+                "Path",
+            ]
+        )
+        for s in await store.series():
+            out.writerow(
+                [
+                    s.uid,
+                    s.collection or "",
+                    s.patient_id or "",
+                    s.study_uid or "",
+                    s.fields.get("Modality", ""),
+                    s.fields.get("SeriesDescription", ""),
+                    "" if s.expected_count is None else s.expected_count,
+                    s.done_count,
+                    "" if s.expected_bytes is None else s.expected_bytes,
+                    s.done_bytes,
+                    s.status,
+                    s.rel_dir or "",
+                ]
+            )
+        with AtomicWriter(self.root / "metadata.csv", fsync=False) as w:
+            w.write(buf.getvalue().encode("utf-8"))
+            w.commit()
+
+
+def _unmatched(selection: Selection, plan: PlanResult) -> list[str]:
+    """Parts of the selection that matched no series: reported, never a silent empty mirror."""
+    if selection.collection:
+        name = selection.collection.lower()
+        if not any((p.collection or "").lower() == name for p in plan.series):
+            return [f"{selection.describe().split('; ')[0]}: no series match"]
+    if not plan.series and selection.shared_lists:
+        return [f"shared list {n}: no series" for n in selection.shared_lists]
+    return []
+
+
+def _without_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}@{host}"))
+
+
+def _stamp() -> str:
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]

@@ -1,0 +1,417 @@
+"""Fetching one series (ZIP) or one instance (getSingleImage), streamed to disk, committed atomically.
+
+Every DICOM file is written to a temp name in its series folder; its header is read (pixels
+skipped) to learn its SOP Instance UID and to check it belongs to the series asked for; only
+then is it renamed to ``<SOPInstanceUID>.dcm`` and recorded in the store. ZIP entry names are
+never used as paths.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from tcia_mirror.errors import DataError, one_error
+from tcia_mirror.fs.atomic import AtomicWriter, disk_error
+from tcia_mirror.fs.dicomio import ids_from_head, read_ids
+from tcia_mirror.fs.layout import instance_filename, sanitize_component
+from tcia_mirror.progress import Progress
+from tcia_mirror.sources.base import FetchUnit, SeriesView, Source
+from tcia_mirror.sources.nbia.formats import parse_md5_csv
+from tcia_mirror.sources.nbia.zipstream import (
+    ArchiveEnd,
+    EntryData,
+    EntryEnd,
+    EntryStart,
+    ZipLimits,
+    ZipStreamReader,
+    safe_entry_name,
+)
+from tcia_mirror.store.base import Store
+
+_SMALL_CAP = 16 * 2**20  # LICENSE / md5hashes.csv are small; refuse more
+_BUFFER_MAX = 1 << 20  # a DICOM entry up to this size is kept in memory, written in one go
+_HEAD = 16 * 1024  # bytes of each file kept for the fast header check
+_PIPELINE = 8  # entries of one ZIP being finalised in worker threads at once
+
+
+class _Entry:
+    """One DICOM entry of a ZIP being received: in memory while small, else streamed to disk."""
+
+    __slots__ = ("name", "temp_dest", "buf", "writer", "digest", "head", "size")
+
+    def __init__(self, name: str, temp_dest: Path) -> None:
+        self.name = name
+        self.temp_dest = temp_dest
+        self.buf = bytearray()
+        self.writer: AtomicWriter | None = None
+        self.digest = hashlib.md5(usedforsecurity=False)
+        self.head = bytearray()
+        self.size = 0
+
+    def add(self, data: bytes, make_writer: Callable[[Path], AtomicWriter]) -> None:
+        self.digest.update(data)
+        self.size += len(data)
+        if len(self.head) < _HEAD:
+            self.head += data[: _HEAD - len(self.head)]
+        if self.writer is None and len(self.buf) + len(data) <= _BUFFER_MAX:
+            self.buf += data
+            return
+        if self.writer is None:
+            self.writer = make_writer(self.temp_dest)
+            self.writer.write(bytes(self.buf))
+            self.buf = bytearray()
+        self.writer.write(data)
+
+    def discard(self) -> None:
+        """Drop the temp file, if any (a no-op after commit)."""
+        if self.writer is not None:
+            self.writer.abort()
+        self.buf = bytearray()
+
+
+@dataclass(slots=True)
+class SeriesWork:
+    """One series' bookkeeping during a run (mutable, owned by the engine)."""
+
+    uid: str
+    collection: str | None
+    rel_dir: str
+    expected: frozenset[str]  # SOP UIDs from getSOPInstanceUIDs (may be empty)
+    expected_count: int | None
+    expected_bytes: int | None
+    done: dict[str, tuple[str, int, str | None]] = field(default_factory=dict)
+    attempts: int = 0  # ZIP fetches started in this run
+    earlier_attempts: int = 0  # ZIP fetches started by earlier (perhaps killed) runs
+    stalls: int = 0
+    outstanding: int = 0
+    archive_md5: dict[str, str] = field(default_factory=dict)  # SOP -> MD5 the archive listed
+    zip_untrusted: bool = False  # a ZIP of this series had entries we refused (unsafe names)
+    problems: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def missing(self) -> list[str]:
+        return sorted(self.expected - self.done.keys())
+
+    def view(self) -> SeriesView:
+        """A snapshot for the source's choice of units."""
+        return SeriesView(
+            uid=self.uid,
+            expected=self.expected,
+            done=frozenset(self.done),
+            expected_count=self.expected_count,
+            expected_bytes=self.expected_bytes,
+            archive_tries=self.attempts + self.earlier_attempts,
+            archive_untrusted=self.zip_untrusted,
+        )
+
+    def problem(self, kind: str, expected: Any = None, found: Any = None, **extra: Any) -> None:
+        self.problems.append(
+            {"series": self.uid, "kind": kind, "expected": expected, "found": found, **extra}
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Committed:
+    sop: str
+    rel_path: str
+    size: int
+    md5: str
+
+
+class Fetcher:
+    def __init__(
+        self,
+        source: Source,
+        store: Store,
+        root: Path,
+        progress: Progress,
+        *,
+        md5: bool = True,
+        fsync: bool = True,
+        limits: ZipLimits | None = None,
+        after_rename: Callable[[Path], None] | None = None,
+    ) -> None:
+        self.source = source
+        self.store = store
+        self.root = root
+        self.progress = progress
+        self.md5 = md5
+        self.fsync = fsync
+        self.limits = limits or ZipLimits()
+        self.files_committed = 0
+        self.bytes_received = 0  # DICOM bytes, those of discarded transfers taken back
+        self._claim_lock = threading.Lock()
+        # a test seam: called (in a worker thread) with each file just renamed into place,
+        # before the store records it, i.e. in the window a kill -9 can hit
+        self._after_rename = after_rename
+
+    # -- shared ----------------------------------------------------------------------------
+    def _bytes(self, n: int) -> None:
+        self.bytes_received += n
+        self.progress.on_bytes(n)
+
+    def _series_dir(self, work: SeriesWork) -> Path:
+        d = self.root / work.rel_dir
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise disk_error(exc, d, self.root) from exc
+        return d
+
+    def _writer(self, dest: Path) -> AtomicWriter:
+        return AtomicWriter(dest, fsync=self.fsync, mirror_dir=self.root)
+
+    def _finalize(
+        self,
+        writer: AtomicWriter,
+        work: SeriesWork,
+        md5: str,
+        size: int,
+        want_sop: str | None,
+        head: bytes = b"",
+        claimed: set[str] | None = None,
+    ) -> _Committed | None:
+        """Runs in a worker thread: check the header, then rename into place (or discard)."""
+        writer.flush()
+        ids = ids_from_head(head) if head else None
+        if ids is None:
+            ids = read_ids(writer.temp_path)
+        if ids is None or ids.sop_uid is None:
+            writer.abort()
+            work.problem("not_dicom", expected="DICOM", found=f"{size} bytes that are not DICOM")
+            return None
+        if ids.series_uid != work.uid:
+            writer.abort()
+            work.problem("wrong_series", expected=work.uid, found=ids.series_uid, sop=ids.sop_uid)
+            return None
+        if want_sop is not None and ids.sop_uid != want_sop:
+            writer.abort()
+            work.problem("wrong_instance", expected=want_sop, found=ids.sop_uid)
+            return None
+        listed = work.archive_md5.get(ids.sop_uid)
+        if listed is not None and listed != md5:  # the archive's md5hashes.csv said otherwise
+            writer.abort()
+            work.problem("md5_mismatch", expected=listed, found=md5, sop=ids.sop_uid)
+            return None
+        if work.expected and ids.sop_uid not in work.expected:
+            writer.abort()
+            work.problem("unexpected_instance", expected=None, found=ids.sop_uid)
+            return None
+        with self._claim_lock:
+            taken = ids.sop_uid in work.done or (claimed is not None and ids.sop_uid in claimed)
+            if not taken and claimed is not None:
+                claimed.add(ids.sop_uid)
+        if taken:
+            writer.abort()  # already committed (or arriving twice): the file on disk stays
+            return None
+        name = instance_filename(ids.sop_uid)
+        writer.commit(self.root / work.rel_dir / name)
+        if self._after_rename is not None:
+            self._after_rename(writer.dest)
+        return _Committed(ids.sop_uid, f"{work.rel_dir}/{name}", size, md5)
+
+    def _finalize_entry(
+        self, entry: _Entry, work: SeriesWork, claimed: set[str]
+    ) -> _Committed | None:
+        """Worker thread: a small entry is written in one go here, a large one was streamed."""
+        writer = entry.writer
+        if writer is None:
+            writer = self._writer(entry.temp_dest)
+            try:
+                writer.write(bytes(entry.buf))
+            except BaseException:
+                writer.abort()
+                raise
+            entry.writer = writer
+        return self._finalize(
+            writer, work, entry.digest.hexdigest(), entry.size, None, bytes(entry.head), claimed
+        )
+
+    async def _record(self, work: SeriesWork, c: _Committed) -> None:
+        await self.store.commit_instances(work.uid, [(c.sop, c.rel_path, c.size, c.md5)])
+        work.done[c.sop] = (c.rel_path, c.size, c.md5)
+        self.files_committed += 1
+
+    def _write_license(self, work: SeriesWork, text: bytes) -> None:
+        folder = self.root / sanitize_component(work.collection or "unknown-collection")
+        dest = folder / "LICENSE"
+        try:
+            if dest.read_bytes() == text:
+                return
+        except OSError:
+            pass
+        with self._writer(dest) as w:
+            w.write(text)
+            w.commit()
+
+    # -- ZIP -------------------------------------------------------------------------------
+    async def fetch(self, work: SeriesWork, unit: FetchUnit) -> None:
+        """Fetch one unit of the series: an archive (ZIP) or one object."""
+        if unit.kind == "archive":
+            await self.fetch_zip(work, unit)
+        else:
+            assert unit.key is not None
+            await self.fetch_single(work, unit)
+
+    async def fetch_zip(self, work: SeriesWork, unit: FetchUnit) -> int:
+        """Fetch the series ZIP; commit every complete entry. Returns files newly committed.
+
+        Entries are finalised (header check, rename, record) in worker threads while the
+        stream goes on, at most ``_PIPELINE`` at once. Raises on a broken stream, after
+        committing every entry that was complete, so the engine retries.
+        """
+        series_dir = self._series_dir(work)
+        reader = ZipStreamReader(self.limits)
+        kind = ""
+        name = ""
+        entry: _Entry | None = None
+        small = bytearray()
+        by_name: dict[str, _Committed] = {}
+        archive_md5: dict[str, str] | None = None
+        rejected: list[str] = []
+        claimed: set[str] = set()
+        before = len(work.done)
+        slots = anyio.Semaphore(_PIPELINE)
+        stream_error: Exception | None = None
+
+        async def finish(e: _Entry) -> None:
+            try:
+                # shielded: a cancelled run still records what it renamed into place
+                with anyio.CancelScope(shield=True):
+                    c = await anyio.to_thread.run_sync(self._finalize_entry, e, work, claimed)
+                    if c is not None:
+                        await self._record(work, c)
+                        by_name[e.name] = c
+                    else:
+                        self._bytes(-e.size)  # rejected: take its bytes back
+            finally:
+                e.discard()
+                slots.release()
+
+        try:
+            async with one_error(), anyio.create_task_group() as tg:
+                try:
+                    async with self.source.open(unit, md5=self.md5) as body:
+                        async for chunk in body:
+                            for ev in reader.feed(chunk):
+                                if isinstance(ev, EntryData):
+                                    if kind == "dicom":
+                                        assert entry is not None
+                                        entry.add(ev.data, self._writer)
+                                        self._bytes(len(ev.data))
+                                    elif kind in ("license", "md5"):
+                                        small += ev.data
+                                        if len(small) > _SMALL_CAP:
+                                            raise DataError(
+                                                f"ZIP entry {name!r} is implausibly large"
+                                            )
+                                elif isinstance(ev, EntryStart):
+                                    name = ev.name
+                                    base = safe_entry_name(ev.name)
+                                    small.clear()
+                                    if base is None:
+                                        kind = "rejected"
+                                        rejected.append(ev.name)
+                                    elif base.upper() == "LICENSE":
+                                        kind = "license"
+                                    elif base.lower() == "md5hashes.csv":
+                                        kind = "md5"
+                                    else:
+                                        kind = "dicom"
+                                        entry = _Entry(
+                                            ev.name, series_dir / f"entry-{ev.index:08d}.dcm"
+                                        )
+                                elif isinstance(ev, EntryEnd):
+                                    if kind == "dicom":
+                                        assert entry is not None
+                                        e, entry = entry, None
+                                        if not ev.crc_ok:
+                                            e.discard()
+                                            self._bytes(-e.size)
+                                            work.problem("crc_mismatch", found=name)
+                                        else:
+                                            await slots.acquire()
+                                            tg.start_soon(finish, e)
+                                    elif kind == "license" and ev.crc_ok:
+                                        await anyio.to_thread.run_sync(
+                                            self._write_license, work, bytes(small)
+                                        )
+                                    elif kind == "md5" and ev.crc_ok:
+                                        archive_md5 = parse_md5_csv(bytes(small))
+                                    kind = ""
+                                elif isinstance(ev, ArchiveEnd):
+                                    pass  # reader.close() below checks the archive ended
+                        reader.close()
+                except Exception as exc:  # let the finishers commit what was complete
+                    stream_error = exc
+        finally:
+            if entry is not None:  # the stream broke inside this entry
+                entry.discard()
+                self._bytes(-entry.size)
+        if stream_error is not None:
+            raise stream_error
+        if rejected:
+            work.zip_untrusted = True
+            work.notes.append(f"rejected {len(rejected)} ZIP entr(ies) with unsafe names")
+            work.problem("unsafe_entry_names", found=rejected[:5])
+        if archive_md5 is not None:
+            await self._check_md5(work, by_name, archive_md5)
+        return len(work.done) - before
+
+    async def _check_md5(
+        self, work: SeriesWork, by_name: dict[str, _Committed], archive_md5: dict[str, str]
+    ) -> None:
+        for n, c in by_name.items():
+            if n in archive_md5:
+                work.archive_md5[c.sop] = archive_md5[n]
+        bad = [(n, c) for n, c in by_name.items() if n in archive_md5 and archive_md5[n] != c.md5]
+        if bad:  # the store forgets them first: it must never claim a file that is gone
+            # and it keeps the archive's MD5, so a file left by a kill before the unlink below
+            # is not adopted on resume
+            await self.store.uncommit_instances(
+                work.uid, [c.sop for _n, c in bad], md5={c.sop: archive_md5[n] for n, c in bad}
+            )
+        for n, c in bad:
+            work.problem("md5_mismatch", expected=archive_md5[n], found=c.md5, sop=c.sop)
+            (self.root / c.rel_path).unlink(missing_ok=True)
+            work.done.pop(c.sop, None)
+            self._bytes(-c.size)
+
+    # -- single instances --------------------------------------------------------------------
+    async def fetch_single(self, work: SeriesWork, unit: FetchUnit) -> bool:
+        """Fetch one object (an instance). True when it was committed."""
+        sop = unit.key
+        assert sop is not None
+        series_dir = self._series_dir(work)
+        writer = self._writer(series_dir / instance_filename(sop))
+        digest = hashlib.md5(usedforsecurity=False)
+        size = 0
+        head = bytearray()
+        try:
+            async with self.source.open(unit, md5=self.md5) as body:
+                async for chunk in body:
+                    writer.write(chunk)
+                    self._bytes(len(chunk))
+                    digest.update(chunk)
+                    size += len(chunk)
+                    if len(head) < _HEAD:
+                        head += chunk[: _HEAD - len(head)]
+            c = await anyio.to_thread.run_sync(
+                self._finalize, writer, work, digest.hexdigest(), size, sop, bytes(head)
+            )
+        except BaseException:
+            writer.abort()
+            self._bytes(-size)
+            raise
+        if c is None:
+            self._bytes(-size)
+            return False
+        await self._record(work, c)
+        return True

@@ -1,0 +1,96 @@
+"""Verifier: what is on disk now against what the archive promised.
+
+Per series: object count and bytes against getSeriesSize, the SOP Instance UIDs against
+getSOPInstanceUIDs, and each file's header (pixels skipped) against the series and SOP UIDs
+it should hold; MD5 where known. A mismatch is a reported problem, never silently accepted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tcia_mirror.fs.dicomio import file_md5, read_ids
+from tcia_mirror.store.base import InstanceState, SeriesState
+
+
+@dataclass(slots=True)
+class SeriesCheck:
+    uid: str
+    problems: list[dict[str, Any]] = field(default_factory=list)
+    damaged: list[str] = field(default_factory=list)  # SOP UIDs whose file must be fetched again
+    found_count: int = 0
+    found_bytes: int = 0
+
+    def add(self, kind: str, expected: Any = None, found: Any = None, **extra: Any) -> None:
+        self.problems.append(
+            {"series": self.uid, "kind": kind, "expected": expected, "found": found, **extra}
+        )
+
+
+def check_series(
+    root: Path,
+    series: SeriesState,
+    instances: list[InstanceState],
+    *,
+    deep: bool = True,
+) -> SeriesCheck:
+    """Check one series folder. Pure disk work (safe to run in a thread)."""
+    chk = SeriesCheck(series.uid)
+    if series.rel_dir is None:
+        chk.add("not_downloaded", expected=series.expected_count, found=0)
+        return chk
+    folder = root / series.rel_dir
+    on_disk = {p.name: p for p in folder.glob("*.dcm")} if folder.is_dir() else {}
+    claimed: set[str] = set()
+    expected_sops = {i.sop_uid for i in instances}
+    for inst in instances:
+        if not inst.done or inst.rel_path is None:
+            chk.add("missing_instance", expected=inst.sop_uid, found=None)
+            continue
+        path = root / inst.rel_path
+        claimed.add(path.name)
+        try:
+            size = path.stat().st_size
+        except OSError:
+            chk.add("missing_file", expected=inst.rel_path, found=None, sop=inst.sop_uid)
+            chk.damaged.append(inst.sop_uid)
+            continue
+        if inst.size is not None and size != inst.size:
+            chk.add("file_size", expected=inst.size, found=size, sop=inst.sop_uid)
+            chk.damaged.append(inst.sop_uid)
+            continue
+        ids = read_ids(path)
+        if ids is None:
+            chk.add("not_dicom", expected=inst.sop_uid, found=inst.rel_path, sop=inst.sop_uid)
+            chk.damaged.append(inst.sop_uid)
+            continue
+        if ids.sop_uid != inst.sop_uid or ids.series_uid != series.uid:
+            chk.add(
+                "header_mismatch",
+                expected=f"{series.uid}/{inst.sop_uid}",
+                found=f"{ids.series_uid}/{ids.sop_uid}",
+                sop=inst.sop_uid,
+            )
+            chk.damaged.append(inst.sop_uid)
+            continue
+        if deep and inst.md5 and file_md5(path) != inst.md5:
+            chk.add("md5_mismatch", expected=inst.md5, found="different content", sop=inst.sop_uid)
+            chk.damaged.append(inst.sop_uid)
+            continue
+        chk.found_count += 1
+        chk.found_bytes += size
+    for name in sorted(set(on_disk) - claimed):
+        chk.add("unexpected_file", expected=None, found=f"{series.rel_dir}/{name}")
+    if series.expected_count is not None and chk.found_count != series.expected_count:
+        chk.add("object_count", expected=series.expected_count, found=chk.found_count)
+    if series.expected_bytes is not None and chk.found_bytes != series.expected_bytes:
+        chk.add("total_bytes", expected=series.expected_bytes, found=chk.found_bytes)
+    if (
+        series.expected_count is not None
+        and expected_sops
+        and len(expected_sops) != series.expected_count
+    ):
+        chk.add("sop_list", expected=series.expected_count, found=len(expected_sops))
+    return chk

@@ -1,0 +1,222 @@
+"""Atomic files: a file under its final name is always complete.
+
+:class:`AtomicWriter` writes into a temp file in the destination folder (so the final
+``os.replace`` never crosses file systems), named ``.<name>.<pid>.<random>.part`` so two processes
+(or two hosts on NFS, where file locks lie) never share one. Verify the temp file through
+:attr:`AtomicWriter.temp_path`, then :meth:`~AtomicWriter.commit`; any other exit removes it::
+
+    with AtomicWriter(dest) as out:
+        for chunk in chunks:
+            out.write(chunk)
+        verify(out.temp_path)
+        out.commit()
+
+Disk failures (full, read-only, no permission ...) become :class:`~tcia_mirror.errors.DiskError`
+with advice. The calls are synchronous; the engine runs them in worker threads.
+
+The durability steps go through :class:`FsOps` (``fsync``, ``replace``, ``fsync_dir``), so a
+test can record them and pin their order: data fsynced, then renamed, then the folder fsynced.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import BinaryIO
+
+from tcia_mirror.errors import DiskError
+
+__all__ = ["DEFAULT_OPS", "AtomicWriter", "FsOps", "cleanup_temp_files", "disk_error", "fsync_dir"]
+
+_TEMP_RE = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{8}\.part$")
+_MAX_TEMP_STEM = 200  # keeps ".<stem>.<pid>.<rand>.part" under the 255-byte name limit
+
+
+def disk_error(exc: OSError, path: Path | str, mirror_dir: Path | str | None = None) -> DiskError:
+    """Translate an OSError from writing ``path`` into a DiskError that says what to do next."""
+    where = mirror_dir if mirror_dir is not None else "DIR"
+    resume = f"run `tcia-mirror resume --out {where}`"
+    code = exc.errno
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        msg = f"disk full while writing {path}: free space and {resume}"
+    elif code == errno.EROFS:
+        msg = f"read-only file system while writing {path}: remount it writable or {resume} "
+        msg += "with another --out"
+    elif code in (errno.EACCES, errno.EPERM):
+        msg = f"permission denied while writing {path}: fix the folder's permissions and {resume}"
+    else:
+        reason = exc.strerror or exc.__class__.__name__
+        msg = f"cannot write {path}: {reason}; fix the cause and {resume}"
+    error = DiskError(msg)
+    error.__cause__ = exc
+    return error
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename/creation in ``path`` durable (no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems refuse fsync on directories
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True, slots=True)
+class FsOps:
+    """The file-system calls that make a commit durable (a seam: tests record their order)."""
+
+    fsync: Callable[[int], None] = os.fsync
+    replace: Callable[[Path, Path], None] = os.replace
+    fsync_dir: Callable[[Path], None] = fsync_dir
+
+
+DEFAULT_OPS = FsOps()
+
+
+class AtomicWriter:
+    """Write ``dest`` through a unique temp file in its folder; :meth:`commit` publishes it."""
+
+    def __init__(
+        self,
+        dest: Path,
+        *,
+        fsync: bool = True,
+        opener: Callable[..., BinaryIO] = open,
+        mirror_dir: Path | None = None,
+        ops: FsOps = DEFAULT_OPS,
+    ) -> None:
+        self.dest = Path(dest)
+        self._fsync = fsync
+        self._ops = ops
+        self._mirror_dir = mirror_dir
+        stem = self.dest.name
+        if len(stem.encode("utf-8", errors="surrogatepass")) > _MAX_TEMP_STEM:
+            stem = stem[: _MAX_TEMP_STEM // 4]
+        name = f".{stem}.{os.getpid()}.{secrets.token_hex(4)}.part"
+        self._temp = self.dest.with_name(name)
+        self._done = False
+        self.size = 0
+        try:
+            self.dest.parent.mkdir(parents=True, exist_ok=True)
+            self._file: BinaryIO | None = opener(self._temp, "xb")
+        except OSError as exc:
+            self._done = True
+            raise disk_error(exc, self.dest, mirror_dir) from exc
+
+    @property
+    def temp_path(self) -> Path:
+        return self._temp
+
+    def write(self, data: bytes) -> None:
+        if self._file is None:
+            raise ValueError(f"{self.dest}: write after commit/abort")
+        try:
+            self._file.write(data)
+        except OSError as exc:
+            self.abort()
+            raise disk_error(exc, self.dest, self._mirror_dir) from exc
+        self.size += len(data)
+
+    def flush(self) -> None:
+        """Push buffered bytes to the OS (e.g. before reading :attr:`temp_path`)."""
+        if self._file is not None:
+            try:
+                self._file.flush()
+            except OSError as exc:
+                self.abort()
+                raise disk_error(exc, self.dest, self._mirror_dir) from exc
+
+    def commit(self, dest: Path | None = None, *, sync_dir: bool | None = None) -> None:
+        """fsync the data, rename it to ``dest`` (replacing it), fsync the folder.
+
+        ``dest`` (same folder) may be given now when the final name was unknown at creation,
+        e.g. a ZIP entry whose SOP Instance UID is read from its header.
+
+        ``sync_dir=False`` skips the folder fsync so a batch of commits can share one
+        :func:`fsync_dir` call.
+        """
+        f = self._file
+        if f is None:
+            raise ValueError(f"{self.dest}: commit after commit/abort")
+        if dest is not None:
+            self.dest = Path(dest)
+        try:
+            f.flush()
+            if self._fsync:
+                self._ops.fsync(f.fileno())
+            f.close()
+            self._file = None
+            self._ops.replace(self._temp, self.dest)
+        except OSError as exc:
+            self.abort()
+            raise disk_error(exc, self.dest, self._mirror_dir) from exc
+        self._done = True
+        if self._fsync if sync_dir is None else sync_dir:
+            self._ops.fsync_dir(self.dest.parent)
+
+    def abort(self) -> None:
+        """Drop the temp file (idempotent; a no-op after commit)."""
+        if self._done:
+            return
+        self._done = True
+        f, self._file = self._file, None
+        if f is not None:
+            try:
+                f.close()
+            except OSError:
+                pass  # closing a file whose writes failed may fail again
+        try:
+            os.unlink(self._temp)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            pass  # best effort: cleanup_temp_files removes it on the next run
+
+    def __enter__(self) -> AtomicWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.abort()  # no-op after commit; an uncommitted file is never published
+
+    def __del__(self) -> None:
+        if not getattr(self, "_done", True):
+            self.abort()
+
+
+def cleanup_temp_files(root: Path) -> int:
+    """Remove temp files left under ``root`` by crashed runs; return how many were removed.
+
+    Only names of the form ``.<name>.<pid>.<8 hex>.part`` are touched, and never those of the
+    current process (they may be in flight). Call it while holding the mirror lock.
+    """
+    removed = 0
+    own = str(os.getpid())
+    for folder, _dirs, files in os.walk(root):
+        for name in files:
+            m = _TEMP_RE.match(name)
+            if m is None or m.group(1) == own:
+                continue
+            try:
+                os.unlink(os.path.join(folder, name))
+                removed += 1
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise disk_error(exc, os.path.join(folder, name)) from exc
+    return removed

@@ -1,0 +1,105 @@
+"""The NBIA REST API as a :class:`~tcia_mirror.sources.base.Source`.
+
+Series ZIPs (``getImage``, or the profile's MD5-carrying variant) are the ``archive`` units,
+``getSingleImage`` the ``object`` ones; :func:`choose_units` decides between them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+
+import aiohttp
+
+from tcia_mirror.errors import DataError, RemoteError, TransferError
+from tcia_mirror.selection import Selection
+from tcia_mirror.sources.base import FetchUnit, Mode, PlanResult, SeriesView
+from tcia_mirror.sources.nbia.client import ArchiveClient
+from tcia_mirror.sources.nbia.planner import make_plan
+from tcia_mirror.store.base import SeriesState
+
+__all__ = ["CHUNK", "PER_REQUEST_COST", "NbiaSource", "choose_units"]
+
+CHUNK = 256 * 1024  # bytes per read of a response body
+PLAN_CONCURRENCY = 32  # planning requests at once (at least; 2 x transfers when larger)
+PER_REQUEST_COST = 64 * 1024  # bytes a request "costs" in latency, when choosing single vs ZIP
+
+
+def choose_units(series: SeriesView, mode: Mode) -> list[FetchUnit]:
+    """The ZIP-or-single decision: what to ask the archive for next, for one series.
+
+    Nothing when every expected instance is done. Single images when the user asked for them,
+    when the series' ZIP held entries we refuse (the same ZIP again would not help), when the
+    missing part is cheaper one by one (estimated at ``PER_REQUEST_COST`` per request), or when
+    the series' ZIP already broke off twice (runs killed, links dropping). Else its ZIP.
+    """
+    missing = series.missing
+    if series.expected and not missing:
+        return []
+    single = mode == "single" and bool(series.expected)
+    if series.archive_untrusted and series.expected:
+        single = True
+    elif mode == "zip" and series.done and missing and series.expected_bytes:
+        n = max(1, series.expected_count or len(series.expected))
+        est = series.expected_bytes * len(missing) / n + PER_REQUEST_COST * len(missing)
+        single = est < series.expected_bytes or series.archive_tries >= 2
+    if single:
+        return [FetchUnit(series.uid, "object", sop) for sop in missing]
+    return [FetchUnit(series.uid, "archive")]
+
+
+class NbiaSource:
+    """Series from an NBIA/TCIA archive, through one :class:`ArchiveClient`."""
+
+    name = "nbia"
+
+    def __init__(self, client: ArchiveClient) -> None:
+        self.client = client
+
+    async def plan(
+        self,
+        selection: Selection,
+        *,
+        concurrency: int,
+        known: Mapping[str, SeriesState],
+        on_message: Callable[[str], None] | None = None,
+    ) -> PlanResult:
+        # planning requests are small: let more of them run at once than transfers
+        wide = max(PLAN_CONCURRENCY, concurrency * 2)
+        self.client.set_concurrency(wide)
+        try:
+            return await make_plan(
+                self.client, selection, concurrency=wide, known=known, on_message=on_message
+            )
+        finally:
+            self.client.set_concurrency(concurrency)
+
+    def units(self, series: SeriesView, mode: Mode) -> list[FetchUnit]:
+        return choose_units(series, mode)
+
+    @asynccontextmanager
+    async def open(self, unit: FetchUnit, *, md5: bool) -> AsyncIterator[AsyncIterator[bytes]]:
+        if unit.kind == "archive":
+            endpoint, params = self.client.image_request(unit.series_uid, md5=md5)
+        else:
+            assert unit.key is not None
+            endpoint, params = self.client.single_image_request(unit.series_uid, unit.key)
+        async with self.client.open(endpoint, params) as resp:
+            yield _body(resp, endpoint)
+
+    def retryable(self, exc: BaseException) -> bool:
+        """Data that failed checks, transfers cut short, and archive errors worth retrying."""
+        if isinstance(exc, DataError | TransferError):
+            return True
+        return isinstance(exc, RemoteError) and exc.status not in (400, 401, 403, 404)
+
+
+async def _body(resp: aiohttp.ClientResponse, endpoint: str) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in resp.content.iter_chunked(CHUNK):
+            yield chunk
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        text = str(exc).strip().splitlines()
+        raise TransferError(
+            f"{endpoint}: {type(exc).__name__}: {text[0] if text else 'the transfer broke off'}"
+        ) from exc

@@ -1,0 +1,43 @@
+"""The benchmark harness runs end to end on tiny data (the real benchmarks: ``make bench``).
+
+Runs ``benchmarks/run.py --smoke`` with this interpreter: every scenario, tcia-mirror and the
+naive loop only (the peers live in the benchmarks' own venvs), one run each.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_bench_harness_smoke(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BENCH_")}
+    env["BENCH_TOOLS"] = "tcia-mirror,naive"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--smoke", "--repeats", "1"]
+    cmd += ["--scenarios", "1,2,3,4,5,6", "--results", str(tmp_path)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, check=False)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+
+    summary = json.loads((tmp_path / "latest.json").read_text())
+    assert [s["id"] for s in summary["scenarios"]] == ["1", "2", "3", "4", "5", "6"]
+    for scenario in summary["scenarios"]:
+        assert "error" not in scenario, scenario.get("error")
+        keys = {row["key"] for row in scenario["rows"]}
+        assert "tcia-mirror" in keys, scenario["id"]
+        for row in scenario["rows"]:
+            assert row["correct"], (scenario["id"], row["tool"], row["correctness"])
+            assert row["wall_s"] > 0
+    wan = summary["scenarios"][0]["rows"]
+    assert all(r["fraction_of_limit"] > 0 for r in wan)
+
+    table = (tmp_path / "latest.md").read_text()
+    assert "### Scenario 1: WAN" in table and "| tool |" in table
+    assert not (tmp_path / "work").exists()  # scratch data is removed
