@@ -171,6 +171,8 @@ class Mirror:
         sleep: Sleep = real_sleep,
         clock: Callable[[], float] = time.monotonic,
         after_rename: Callable[[Path], None] | None = None,
+        open_store: Callable[..., Awaitable[Store]] = SqliteStore.open,
+        make_source: Callable[[ArchiveClient], Source] = NbiaSource,
     ) -> None:
         self.root = Path(out)
         self.config = config
@@ -178,6 +180,8 @@ class Mirror:
         self._sleep = sleep
         self._clock = clock  # measures --give-up-after; tests inject a fake one with ``sleep``
         self._after_rename = after_rename  # test seam: see Fetcher
+        self._open_store_with = open_store  # the Store backend (tests/contract)
+        self._make_source = make_source  # the Source backend (tests/contract)
 
     # -- the folder and its store ------------------------------------------------------------
     async def _open_store(self, *, create: bool) -> Store:
@@ -190,7 +194,7 @@ class Mirror:
                 raise DiskError(
                     f"cannot create the mirror folder {self.root}: {exc.strerror}"
                 ) from None
-        return await SqliteStore.open(self.root, create=create)
+        return await self._open_store_with(self.root, create=create)
 
     @staticmethod
     def exists(out: str | Path) -> bool:
@@ -264,7 +268,9 @@ class Mirror:
             lay = await self._layout(store, layout)
             await self._record_connection(store)
             async with self._client(concurrency) as client:
-                return await self._plan_into(store, NbiaSource(client), selection, lay, concurrency)
+                return await self._plan_into(
+                    store, self._make_source(client), selection, lay, concurrency
+                )
 
     # -- download / resume / sync ------------------------------------------------------------
     async def download(
@@ -313,7 +319,7 @@ class Mirror:
             layout = await self._layout(store, opts.layout)
             await self._record_connection(store)
             async with self._client(opts.concurrency) as client:
-                source = NbiaSource(client)
+                source = self._make_source(client)
                 if command == "download" and selection.to_json() != recorded:
                     old = Selection.from_json(recorded) if recorded else None
                     if selection.collection and (old is None or not old.collection):

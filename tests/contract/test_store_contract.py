@@ -1,0 +1,89 @@
+"""The Store protocol, as the engine relies on it, for every store backend."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tcia_mirror.store.base import SeriesPlan
+
+pytestmark = pytest.mark.anyio
+
+
+def plan(uid: str, n: int = 3, nbytes: int = 300) -> SeriesPlan:
+    return SeriesPlan(
+        uid=uid,
+        collection="C",
+        patient_id="P",
+        study_uid="1.9",
+        expected_count=n,
+        expected_bytes=nbytes,
+        fields={"Modality": "CT"},
+        sop_uids=tuple(f"{uid}.{i}" for i in range(n)),
+    )
+
+
+async def test_plan_commit_uncommit_and_summary(open_store, mirror_dir: Path) -> None:
+    store = await open_store(mirror_dir, create=True)
+    async with store, store.lock():
+        await store.record_plan([plan("1.1"), plan("1.2", n=2, nbytes=200)])
+        assert [s.uid for s in await store.series()] == ["1.1", "1.2"]
+        await store.commit_instances("1.1", [("1.1.0", "d/1.1.0.dcm", 100, "a" * 32)])
+        s = await store.get_series("1.1")
+        assert s is not None and s.status == "partial" and s.done_count == 1
+        assert s.done_bytes == 100 and s.instance_count == 3
+        # committing the same file again moves no counter (idempotent)
+        await store.commit_instances("1.1", [("1.1.0", "d/1.1.0.dcm", 100, "a" * 32)])
+        assert (await store.get_series("1.1")).done_count == 1  # type: ignore[union-attr]
+        await store.commit_instances(
+            "1.1", [("1.1.1", "d/1.1.1.dcm", 100, None), ("1.1.2", "d/1.1.2.dcm", 100, None)]
+        )
+        await store.set_series_status("1.1", "complete")
+        summary = await store.summary()
+        assert summary["series"] == {"total": 2, "complete": 1, "failed": 0, "pending": 1}
+        assert summary["instances"] == {"total": 5, "complete": 3}
+        assert summary["bytes"] == {"total": 500, "complete": 300}
+        # a damaged file is forgotten: the series is no longer complete
+        await store.uncommit_instances("1.1", ["1.1.2"])
+        s = await store.get_series("1.1")
+        assert s is not None and s.status == "partial" and s.done_count == 2
+        done = {i.sop_uid for i in await store.instances("1.1") if i.done}
+        assert done == {"1.1.0", "1.1.1"}
+
+
+async def test_meta_and_reopen_keep_everything(open_store, mirror_dir: Path) -> None:
+    store = await open_store(mirror_dir, create=True)
+    async with store:
+        assert await store.get_meta("selection") is None
+        await store.set_meta("selection", '{"series": ["1.1"]}')
+        await store.set_meta("selection", '{"series": ["1.2"]}')
+        await store.record_plan([plan("1.2")])
+        await store.commit_instances("1.2", [("1.2.0", "d/1.2.0.dcm", 100, None)])
+    again = await open_store(mirror_dir, create=False)
+    async with again:
+        assert await again.get_meta("selection") == '{"series": ["1.2"]}'
+        s = await again.get_series("1.2")
+        assert s is not None and s.done_count == 1
+        assert await again.get_series("9.9") is None
+
+
+async def test_replanning_keeps_done_instances(open_store, mirror_dir: Path) -> None:
+    store = await open_store(mirror_dir, create=True)
+    async with store:
+        await store.record_plan([plan("1.1")])
+        await store.commit_instances("1.1", [("1.1.0", "d/1.1.0.dcm", 100, None)])
+        await store.record_plan([plan("1.1")])
+        s = await store.get_series("1.1")
+        assert s is not None and s.done_count == 1 and s.instance_count == 3
+
+
+async def test_a_second_holder_is_refused(open_store, mirror_dir: Path) -> None:
+    from tcia_mirror.errors import MirrorLockedError
+
+    first = await open_store(mirror_dir, create=True)
+    second = await open_store(mirror_dir, create=False)
+    async with first, second, first.lock():
+        with pytest.raises(MirrorLockedError):
+            async with second.lock():
+                pass
