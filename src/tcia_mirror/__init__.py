@@ -33,8 +33,8 @@ _EXPORTS = {
     "RawResponse": ".sources.nbia.client",
     "DownloadOptions": ".engine.mirror",
     "Mirror": ".engine.mirror",
-    "RunReport": ".engine.mirror",
-    "VerifyReport": ".engine.mirror",
+    "RunReport": ".engine.reports",
+    "VerifyReport": ".engine.reports",
     "AuthError": ".errors",
     "BadRequestError": ".errors",
     "DataError": ".errors",
@@ -69,7 +69,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time see __getattr__
     from typing import Any
 
     from tcia_mirror.api import connect, download, resume, run_sync, status, sync, verify
-    from tcia_mirror.engine.mirror import DownloadOptions, Mirror, RunReport, VerifyReport
+    from tcia_mirror.engine.mirror import DownloadOptions, Mirror
+    from tcia_mirror.engine.reports import RunReport, VerifyReport
     from tcia_mirror.errors import (
         AuthError,
         BadRequestError,

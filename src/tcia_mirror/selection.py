@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import inspect
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 from tcia_mirror.errors import InputError
 from tcia_mirror.sources.nbia.manifest import is_uid, parse_manifest, parse_series_file
+
+_MERGED = ("shared_lists", "series", "sources")  # fields a union merges; the rest must agree
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,13 +76,12 @@ class Selection:
             raise InputError(f"recorded selection is unreadable: {exc}") from None
 
     def _filters(self) -> tuple[object, ...]:
-        return (
-            tuple(sorted(self.patients)),
-            self.study,
-            self.modality,
-            self.body_part,
-            self.manufacturer,
-            self.manufacturer_model,
+        """The collection's filters (every field that is not merged by :meth:`union`)."""
+        return tuple(
+            tuple(sorted(v)) if isinstance(v, tuple) else v
+            for f in fields(self)
+            if f.name not in _MERGED and f.name != "collection"
+            for v in (getattr(self, f.name),)
         )
 
     def union(self, other: Selection) -> Selection:
@@ -92,18 +94,8 @@ class Selection:
                 f"use another --out for {other.describe().split('; ')[0]}"
             )
         base = self if self.collection else other
-        return Selection(
-            collection=base.collection,
-            patients=base.patients,
-            study=base.study,
-            modality=base.modality,
-            body_part=base.body_part,
-            manufacturer=base.manufacturer,
-            manufacturer_model=base.manufacturer_model,
-            shared_lists=_merge(self.shared_lists, other.shared_lists),
-            series=_merge(self.series, other.series),
-            sources=_merge(self.sources, other.sources),
-        )
+        merged = {name: _merge(getattr(self, name), getattr(other, name)) for name in _MERGED}
+        return replace(base, **merged)  # type: ignore[arg-type]
 
 
 def _merge(a: tuple[str, ...], b: tuple[str, ...]) -> tuple[str, ...]:
@@ -181,3 +173,7 @@ def build_selection(
         series=tuple(dict.fromkeys(uids)),
         sources=tuple(sources),
     )
+
+
+# the keyword arguments of build_selection: the CLI's selection options carry these names
+SELECTORS = tuple(inspect.signature(build_selection).parameters)

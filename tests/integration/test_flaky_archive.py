@@ -19,7 +19,8 @@ import pytest
 from helpers import config_for, dicom_files, ground_truth_files
 from tcia_mirror.cli import build_parser
 from tcia_mirror.cli.commands import _options
-from tcia_mirror.engine.mirror import WRONG_CONTENT_TRIES, DownloadOptions, Mirror
+from tcia_mirror.engine.mirror import DownloadOptions, Mirror
+from tcia_mirror.engine.scheduler import WRONG_CONTENT_TRIES
 from tcia_mirror.errors import InputError, ServerError
 from tcia_mirror.progress import RecordingProgress
 from tcia_mirror.selection import Selection

@@ -15,23 +15,29 @@ from tcia_mirror.config import client_config, resolve
 from tcia_mirror.engine.mirror import DownloadOptions, Mirror, RunReport
 from tcia_mirror.errors import InputError, StateError
 from tcia_mirror.progress import Progress
-from tcia_mirror.selection import Selection, build_selection
+from tcia_mirror.selection import SELECTORS, Selection, build_selection
 
 
 def _selection_options() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("selection (combinable; the plan is their union)")
     g.add_argument("--collection", metavar="NAME")
-    g.add_argument("--patient", action="append", default=[], metavar="ID", help="repeatable")
+    g.add_argument(
+        "--patient", dest="patients", action="append", default=[], metavar="ID", help="repeatable"
+    )
     g.add_argument("--study", metavar="UID")
     g.add_argument("--modality", metavar="M")
     g.add_argument("--body-part", metavar="B")
     g.add_argument("--manufacturer", metavar="M")
     g.add_argument("--manufacturer-model", metavar="M")
-    g.add_argument("--shared-list", action="append", default=[], metavar="NAME")
-    g.add_argument("--manifest", action="append", default=[], metavar="FILE.tcia")
+    g.add_argument(
+        "--shared-list", dest="shared_lists", action="append", default=[], metavar="NAME"
+    )
+    g.add_argument("--manifest", dest="manifests", action="append", default=[], metavar="FILE.tcia")
     g.add_argument("--series", action="append", default=[], metavar="UID", help="repeatable")
-    g.add_argument("--series-file", action="append", default=[], metavar="FILE")
+    g.add_argument(
+        "--series-file", dest="series_files", action="append", default=[], metavar="FILE"
+    )
     return p
 
 
@@ -121,19 +127,8 @@ def _progress(args: argparse.Namespace) -> Progress:
 
 
 def _selection(args: argparse.Namespace) -> Selection:
-    return build_selection(
-        collection=args.collection,
-        patients=args.patient,
-        study=args.study,
-        modality=args.modality,
-        body_part=args.body_part,
-        manufacturer=args.manufacturer,
-        manufacturer_model=args.manufacturer_model,
-        shared_lists=args.shared_list,
-        manifests=args.manifest,
-        series=args.series,
-        series_files=args.series_file,
-    )
+    """The selection options, by their names in :func:`build_selection` (one place to add one)."""
+    return build_selection(**{name: getattr(args, name) for name in SELECTORS})
 
 
 def _mirror(args: argparse.Namespace, *, recorded_ok: bool, progress: Progress | None) -> Mirror:

@@ -6,15 +6,11 @@ status, sync). It never imports the CLI or tqdm; progress goes to a :class:`Prog
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-import random
 import shutil
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
-from dataclasses import asdict, dataclass, field, replace
-from datetime import UTC, date, datetime
+from dataclasses import dataclass, replace
+from datetime import date
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -23,7 +19,17 @@ import anyio
 
 from tcia_mirror.engine.adopt import examine, unrecorded_files
 from tcia_mirror.engine.pipeline import Fetcher, SeriesWork
-from tcia_mirror.engine.scheduler import Job, JobQueue
+from tcia_mirror.engine.reports import (
+    RunReport,
+    VerifyReport,
+    human,
+    now,
+    stamp,
+    write_json,
+    write_metadata_csv,
+    write_run_report,
+)
+from tcia_mirror.engine.scheduler import GiveUpBudget, Job, JobQueue
 from tcia_mirror.engine.verifier import check_series
 from tcia_mirror.errors import (
     AuthError,
@@ -38,11 +44,11 @@ from tcia_mirror.errors import (
     StateError,
     UnreachableError,
     one_error,
-    redact,
 )
-from tcia_mirror.fs.atomic import AtomicWriter, cleanup_temp_files
+from tcia_mirror.fs.atomic import cleanup_temp_files
 from tcia_mirror.fs.layout import Layout
 from tcia_mirror.progress import NullProgress, Progress
+from tcia_mirror.records import Outcome, totals_problems
 from tcia_mirror.selection import Selection
 from tcia_mirror.sources.base import Mode, PlanResult, Source
 from tcia_mirror.sources.http import RetryPolicy, Sleep, real_sleep
@@ -53,10 +59,6 @@ from tcia_mirror.store.sqlite import SqliteStore
 
 T = TypeVar("T")
 PLAN_CONCURRENCY = 32  # planning requests at once (at least; 2 x --concurrency when larger)
-# tries in a row, without a file committed, that the archive answered in full with content that
-# failed the checks (wrong series or instance, not DICOM, MD5 or CRC mismatch): such an archive
-# is not flaky but wrong, and retrying it until --give-up-after would only fetch the same again
-WRONG_CONTENT_TRIES = 3
 META_FIELDS = ("selection", "layout", "api", "base_url", "last_sync")
 
 
@@ -72,86 +74,6 @@ class DownloadOptions:
     # pass without one file of it committed; then it is given up for this run
     give_up_after: float = 600.0
     check_space: bool = True
-
-
-@dataclass(slots=True)
-class RunReport:
-    command: str
-    out: str
-    selection: str
-    started: str
-    finished: str = ""
-    series: list[dict[str, Any]] = field(default_factory=list)
-    problems: list[dict[str, Any]] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)
-    planned_series: int = 0
-    planned_instances: int = 0
-    planned_bytes: int = 0
-    bytes_received: int = 0
-    files_committed: int = 0
-    files_adopted: int = 0  # renamed into place by a killed run, recorded by this one
-    retries: int = 0
-    throttled: int = 0
-    seconds: float = 0.0
-    dry_run: bool = False
-    status: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def failed(self) -> list[str]:
-        return [s["series"] for s in self.series if s["outcome"] != "complete"]
-
-    @property
-    def ok(self) -> bool:
-        return not self.failed and not self.missing and not self.problems
-
-    @property
-    def exit_code(self) -> int:
-        return 0 if self.ok else 1
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["ok"] = self.ok
-        return d
-
-    def summary(self) -> str:
-        st = self.status
-        ser, inst, byt = st.get("series", {}), st.get("instances", {}), st.get("bytes", {})
-        line = (
-            f"{self.command}: {ser.get('complete', 0)}/{ser.get('total', 0)} series complete, "
-            f"{inst.get('complete', 0)}/{inst.get('total', 0)} instances, "
-            f"{_human(byt.get('complete', 0))} of {_human(byt.get('total', 0))}; "
-            f"this run fetched {self.files_committed} files ({_human(self.bytes_received)}) "
-            f"in {self.seconds:.1f} s"
-        )
-        if self.failed:
-            line += f"; INCOMPLETE: {', '.join(self.failed[:5])}"
-            if len(self.failed) > 5:
-                line += f" and {len(self.failed) - 5} more"
-        if self.missing:
-            line += f"; not on the archive: {', '.join(self.missing[:5])}"
-        return line
-
-
-@dataclass(slots=True)
-class VerifyReport:
-    ok: bool
-    series_checked: int
-    problems: list[dict[str, Any]]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "series_checked": self.series_checked, "problems": self.problems}
-
-
-def _human(n: int | float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n} B"
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 class Mirror:
@@ -314,7 +236,7 @@ class Mirror:
                 selection = Selection.from_json(recorded)
             elif recorded:
                 selection = Selection.from_json(recorded).union(selection)
-            report = RunReport(command, str(self.root), selection.describe(), _now())
+            report = RunReport(command, str(self.root), selection.describe(), now())
             report.dry_run = opts.dry_run
             layout = await self._layout(store, opts.layout)
             await self._record_connection(store)
@@ -361,11 +283,11 @@ class Mirror:
             if command == "sync" and not opts.dry_run:
                 await store.set_meta("last_sync", date.today().isoformat())
             report.status = await store.summary()
-            report.finished = _now()
+            report.finished = now()
             report.seconds = time.monotonic() - t0
             if not opts.dry_run:
-                await self._write_metadata_csv(store)
-                self._write_report(report, secrets)
+                write_metadata_csv(self.root, await store.series())
+                write_run_report(self.root, report, secrets)
         return report
 
     async def _patiently(
@@ -407,7 +329,7 @@ class Mirror:
         margin = 64 * 2**20
         if need + margin > free:
             raise DiskError(
-                f"the download needs {_human(need)} but only {_human(free)} is free in "
+                f"the download needs {human(need)} but only {human(free)} is free in "
                 f"{self.root}; free some space or choose another --out"
             )
 
@@ -493,15 +415,12 @@ class Mirror:
             bytes_total=summary["bytes"]["total"],
             bytes_done=summary["bytes"]["complete"],
         )
-        works: dict[str, SeriesWork] = {}
-        round_start: dict[str, int] = {}
 
         async def initial() -> AsyncGenerator[Job]:
             for s in todo:
                 w = await self._work_for(store, s)
                 await self._adopt(store, w, report)
-                works[w.uid] = w
-                round_start[w.uid] = len(w.done)
+                budget.begin(w)
                 jobs = self._jobs_for(source, w, opts.mode)
                 if not jobs:
                     await self._finalize(store, w, report)
@@ -510,66 +429,31 @@ class Mirror:
 
         queue = JobQueue(initial())
 
-        # the give-up budget (--give-up-after): a series is tried again, with capped exponential
-        # backoff between its tries, until that many seconds pass without a file of it committed
-        policy = self.config.retry if self.config is not None else RetryPolicy()
-        jitter = random.Random()
-        since: dict[str, float] = {}  # series -> start of its budget (first try, last progress)
-        failed_try: set[str] = set()  # series with a failed try in their round under way
-        refused: set[str] = set()  # the archive refused (400/404): retrying cannot help
-        problems_at: dict[str, int] = {}  # series -> its problems when its round began
-        wrong: dict[str, int] = {}  # series -> rounds answered with wrong content, no progress
+        budget = GiveUpBudget(
+            opts.give_up_after,
+            self.config.retry if self.config is not None else RetryPolicy(),
+            self._clock,
+        )
 
         async def wake(delay: float, jobs: list[Job]) -> None:
             await self._sleep(delay)
             queue.done(jobs)
 
-        def give_up(w: SeriesWork) -> str | None:
-            """Why the series is given up now (its note), or None to try again."""
-            waited = self._clock() - since[w.uid]
-            last = w.notes[-1] if w.notes else "no error"
-            if waited >= opts.give_up_after:
-                return (
-                    f"given up after {waited:.0f} s and {w.stalls} tries without a file "
-                    f"committed (--give-up-after {opts.give_up_after:g}); last: {last}"
-                )
-            if wrong.get(w.uid, 0) >= WRONG_CONTENT_TRIES:
-                return (
-                    f"given up after {WRONG_CONTENT_TRIES} tries answered in full with content "
-                    f"that failed the checks, without a file committed; last: {last}"
-                )
-            return None
-
         async def next_round(w: SeriesWork) -> list[Job]:
             """The round of ``w`` is over: its next tries now, after a backoff, or it is done."""
-            if len(w.done) > round_start[w.uid]:
-                w.stalls, since[w.uid], wrong[w.uid] = 0, self._clock(), 0  # progress
-            else:
-                w.stalls += 1
-                if len(w.problems) > problems_at[w.uid]:  # the checks refused what came
-                    wrong[w.uid] = wrong.get(w.uid, 0) + 1
-            round_start[w.uid] = len(w.done)
-            problems_at[w.uid] = len(w.problems)
-            failed = w.uid in failed_try
-            failed_try.discard(w.uid)
-            more = bool(w.missing()) if w.expected else failed
-            if more and w.uid not in refused:
-                if (why := give_up(w)) is not None:
-                    w.notes.append(why)
-                elif jobs := self._jobs_for(source, w, opts.mode):
-                    if not w.stalls:
-                        return jobs  # progress was made: straight on
-                    left = opts.give_up_after - (self._clock() - since[w.uid])
-                    queue.later()  # the tries are queued once the backoff has passed
-                    tg.start_soon(wake, min(policy.backoff(w.stalls, jitter), left), jobs)
-                    return []
+            delay = budget.end_round(w)
+            if delay is not None and (jobs := self._jobs_for(source, w, opts.mode)):
+                if delay <= 0:
+                    return jobs  # progress was made: straight on
+                queue.later()  # the tries are queued once the backoff has passed
+                tg.start_soon(wake, delay, jobs)
+                return []
             await self._finalize(store, w, report)
             return []
 
         async def run_job(job: Job) -> list[Job]:
             w = job.work
-            since.setdefault(w.uid, self._clock())
-            problems_at.setdefault(w.uid, len(w.problems))
+            budget.start(w)
             try:
                 if job.unit.kind == "archive":
                     w.attempts += 1
@@ -583,15 +467,15 @@ class Mirror:
                 raise  # the run cannot go on: stop, keep what is committed
             except (BadRequestError, NotFoundError) as exc:
                 w.problem("archive_refused", found=str(exc))
-                refused.add(w.uid)  # retrying will not help
+                budget.refused.add(w.uid)  # retrying will not help
             except DataError as exc:
                 w.notes.append(_one_line(exc))
-                failed_try.add(w.uid)
+                budget.failed_try.add(w.uid)
                 if job.unit.kind == "archive":
                     w.zip_untrusted = True  # a broken or hostile ZIP: finish with single images
             except RemoteError as exc:  # TransferError too: a body cut mid-way
                 w.notes.append(_one_line(exc))  # the run report's notes: one line per failed try
-                failed_try.add(w.uid)
+                budget.failed_try.add(w.uid)
             w.outstanding -= 1
             if w.outstanding > 0:
                 return []
@@ -625,13 +509,17 @@ class Mirror:
                 found=found,
                 detail=(w.notes[-1] if w.notes else None),
             )
-        elif w.expected_count is not None and found != w.expected_count:
-            w.problem("object_count", expected=w.expected_count, found=found)
-        if not missing and w.expected_bytes is not None and found_bytes != w.expected_bytes:
-            w.problem("total_bytes", expected=w.expected_bytes, found=found_bytes)
-        problems = list(w.problems)
-        outcome = "failed" if problems else "complete"
-        error = "; ".join(sorted({p["kind"] for p in problems})) or None
+        else:
+            w.problems += totals_problems(
+                w.uid,
+                expected_count=w.expected_count,
+                expected_bytes=w.expected_bytes,
+                found_count=found,
+                found_bytes=found_bytes,
+            )
+        problems = [p.to_dict() for p in w.problems]
+        outcome = Outcome.FAILED if problems else Outcome.COMPLETE
+        error = "; ".join(sorted({p.kind for p in w.problems})) or None
         await store.set_series_status(w.uid, outcome, error=error)
         report.series.append(
             {
@@ -643,13 +531,13 @@ class Mirror:
                 "expected_bytes": w.expected_bytes,
                 "found_bytes": found_bytes,
                 "attempts": w.attempts,
-                "outcome": outcome,
+                "outcome": str(outcome),
                 "problems": problems,
                 "notes": w.notes[-5:],
             }
         )
         report.problems.extend(problems)
-        self.progress.on_series(w.uid, outcome)
+        self.progress.on_series(w.uid, str(outcome))
 
     # -- verify / status ---------------------------------------------------------------------
     async def verify(
@@ -690,7 +578,7 @@ class Mirror:
             for s in states:
                 chk = results[s.uid]
                 checks.append(chk)
-                problems.extend(chk.problems)
+                problems.extend(p.to_dict() for p in chk.problems)
                 if chk.damaged:
                     await store.uncommit_instances(s.uid, chk.damaged)
                 status = (
@@ -704,70 +592,13 @@ class Mirror:
                     )
             problems.extend(changed)
             report = VerifyReport(ok=not problems, series_checked=len(states), problems=problems)
-            self._write_json(f"verify-{_stamp()}.json", report.to_dict())
+            write_json(self.root, f"verify-{stamp()}.json", report.to_dict())
             return report
 
     async def status(self) -> dict[str, Any]:
         store = await self._open_store(create=False)
         async with store:
             return await store.summary()
-
-    # -- outputs -----------------------------------------------------------------------------
-    def _write_json(
-        self, name: str, data: dict[str, Any], secrets: tuple[str | None, ...] = ()
-    ) -> None:
-        folder = self.root / STATE_DIR / "reports"
-        folder.mkdir(parents=True, exist_ok=True)
-        # server messages quoted in a report may echo a key or token: never write them
-        body = redact(json.dumps(data, indent=2, default=str), secrets).encode()
-        with AtomicWriter(folder / name, fsync=False) as w:
-            w.write(body)
-            w.commit()
-
-    def _write_report(self, report: RunReport, secrets: tuple[str | None, ...]) -> None:
-        data = report.to_dict()
-        self._write_json(f"{report.command}-{_stamp()}.json", data, secrets)
-        self._write_json("last-run.json", data, secrets)
-
-    async def _write_metadata_csv(self, store: Store) -> None:
-        buf = io.StringIO()
-        out = csv.writer(buf, lineterminator="\n")
-        out.writerow(
-            [
-                "SeriesInstanceUID",
-                "Collection",
-                "PatientID",
-                "StudyInstanceUID",
-                "Modality",
-                "SeriesDescription",
-                "ExpectedCount",
-                "FoundCount",
-                "ExpectedBytes",
-                "FoundBytes",
-                "Status",
-                "Path",
-            ]
-        )
-        for s in await store.series():
-            out.writerow(
-                [
-                    s.uid,
-                    s.collection or "",
-                    s.patient_id or "",
-                    s.study_uid or "",
-                    s.fields.get("Modality", ""),
-                    s.fields.get("SeriesDescription", ""),
-                    "" if s.expected_count is None else s.expected_count,
-                    s.done_count,
-                    "" if s.expected_bytes is None else s.expected_bytes,
-                    s.done_bytes,
-                    s.status,
-                    s.rel_dir or "",
-                ]
-            )
-        with AtomicWriter(self.root / "metadata.csv", fsync=False) as w:
-            w.write(buf.getvalue().encode("utf-8"))
-            w.commit()
 
 
 def _unmatched(selection: Selection, plan: PlanResult) -> list[str]:
@@ -787,10 +618,6 @@ def _without_password(url: str) -> str:
         return url
     host = parts.netloc.rsplit("@", 1)[1]
     return urlunsplit(parts._replace(netloc=f"{parts.username}@{host}"))
-
-
-def _stamp() -> str:
-    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
 
 
 def _one_line(exc: BaseException) -> str:

@@ -22,6 +22,7 @@ from tcia_mirror.fs.atomic import AtomicWriter, disk_error
 from tcia_mirror.fs.dicomio import ids_from_head, read_ids
 from tcia_mirror.fs.layout import instance_filename, sanitize_component
 from tcia_mirror.progress import Progress
+from tcia_mirror.records import Problem, ProblemKind
 from tcia_mirror.sources.base import FetchUnit, SeriesView, Source
 from tcia_mirror.sources.nbia.formats import parse_md5_csv
 from tcia_mirror.sources.nbia.zipstream import (
@@ -93,7 +94,7 @@ class SeriesWork:
     outstanding: int = 0
     archive_md5: dict[str, str] = field(default_factory=dict)  # SOP -> MD5 the archive listed
     zip_untrusted: bool = False  # a ZIP of this series had entries we refused (unsafe names)
-    problems: list[dict[str, Any]] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     def missing(self) -> list[str]:
@@ -111,10 +112,10 @@ class SeriesWork:
             archive_untrusted=self.zip_untrusted,
         )
 
-    def problem(self, kind: str, expected: Any = None, found: Any = None, **extra: Any) -> None:
-        self.problems.append(
-            {"series": self.uid, "kind": kind, "expected": expected, "found": found, **extra}
-        )
+    def problem(
+        self, kind: ProblemKind, expected: Any = None, found: Any = None, **extra: Any
+    ) -> None:
+        self.problems.append(Problem(self.uid, kind, expected, found, extra))
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,21 +12,20 @@ from pathlib import Path
 from typing import Any
 
 from tcia_mirror.fs.dicomio import file_md5, read_ids
+from tcia_mirror.records import Problem, ProblemKind, totals_problems
 from tcia_mirror.store.base import InstanceState, SeriesState
 
 
 @dataclass(slots=True)
 class SeriesCheck:
     uid: str
-    problems: list[dict[str, Any]] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
     damaged: list[str] = field(default_factory=list)  # SOP UIDs whose file must be fetched again
     found_count: int = 0
     found_bytes: int = 0
 
-    def add(self, kind: str, expected: Any = None, found: Any = None, **extra: Any) -> None:
-        self.problems.append(
-            {"series": self.uid, "kind": kind, "expected": expected, "found": found, **extra}
-        )
+    def add(self, kind: ProblemKind, expected: Any = None, found: Any = None, **extra: Any) -> None:
+        self.problems.append(Problem(self.uid, kind, expected, found, extra))
 
 
 def check_series(
@@ -83,10 +82,13 @@ def check_series(
         chk.found_bytes += size
     for name in sorted(set(on_disk) - claimed):
         chk.add("unexpected_file", expected=None, found=f"{series.rel_dir}/{name}")
-    if series.expected_count is not None and chk.found_count != series.expected_count:
-        chk.add("object_count", expected=series.expected_count, found=chk.found_count)
-    if series.expected_bytes is not None and chk.found_bytes != series.expected_bytes:
-        chk.add("total_bytes", expected=series.expected_bytes, found=chk.found_bytes)
+    chk.problems += totals_problems(
+        series.uid,
+        expected_count=series.expected_count,
+        expected_bytes=series.expected_bytes,
+        found_count=chk.found_count,
+        found_bytes=chk.found_bytes,
+    )
     if (
         series.expected_count is not None
         and expected_sops
