@@ -52,9 +52,45 @@ def test_file_layout_and_pragmas(store: StateStore) -> None:
     conn = sqlite3.connect(store.path)
     try:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
     finally:
         conn.close()
+
+
+def test_a_schema_1_mirror_is_migrated_and_keeps_its_progress(tmp_path: Path) -> None:
+    """A mirror written by the previous release (schema 1) opens, keeps what was done, and
+    records the source's MD5s from then on."""
+    from tcia_mirror.store import sqlite as backend
+
+    v1_schema = backend._SCHEMA.replace(",\n    source TEXT NOT NULL DEFAULT 'nbia'", "").replace(
+        "    expected_size INTEGER,\n    expected_md5 TEXT,\n    md5_source TEXT,\n", ""
+    )
+    assert "expected_md5" not in v1_schema and "source TEXT" not in v1_schema
+    path = tmp_path / ".tcia-mirror" / "state.sqlite"
+    path.parent.mkdir()
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        v1_schema + f"PRAGMA application_id={backend._APPLICATION_ID}; PRAGMA user_version=1;"
+    )
+    conn.execute(
+        "INSERT INTO series(id, uid, expected_count, status) VALUES (1, '1.1', 2, 'partial')"
+    )
+    conn.execute(
+        "INSERT INTO instance(series_id, sop_uid, done, rel_path, size, md5) VALUES (1, 'a', 1, 'd/a.dcm', 5, 'x')"
+    )
+    conn.execute("INSERT INTO instance(series_id, sop_uid) VALUES (1, 'b')")
+    conn.commit()
+    conn.close()
+    with StateStore.open(tmp_path, create=False) as store:
+        (a, b) = sorted(store.instances("1.1"), key=lambda i: i.sop_uid)
+        assert a.done and a.rel_path == "d/a.dcm" and a.md5 == "x" and not b.done
+        assert store.get_series("1.1").source == "nbia"  # type: ignore[union-attr]
+        store.set_expected_md5("1.1", {"b": "AB" * 16}, "md5hashes.csv")
+        b2 = {i.sop_uid: i for i in store.instances("1.1")}["b"]
+        assert (b2.expected_md5, b2.md5_source) == ("ab" * 16, "md5hashes.csv")
+    check = sqlite3.connect(path)
+    assert check.execute("PRAGMA user_version").fetchone()[0] == 2
+    check.close()
 
 
 def test_meta(store: StateStore) -> None:

@@ -20,6 +20,7 @@ from typing import Any, Literal, Protocol
 
 __all__ = [
     "STATE_DIR",
+    "MD5_SOURCES",
     "STATUSES",
     "Committed",
     "InstanceState",
@@ -30,6 +31,9 @@ __all__ = [
 ]
 
 Status = Literal["pending", "partial", "complete", "failed"]
+# where an instance's expected MD5 came from: the ZIP's md5hashes.csv, the per-image endpoint
+# (getMD5HashForImage), an object's plain ETag; "local" in reports when the source gave none
+MD5_SOURCES = ("md5hashes.csv", "getMD5HashForImage", "etag")
 STATUSES: tuple[Status, ...] = ("pending", "partial", "complete", "failed")
 STATE_DIR = ".tcia-mirror"  # the mirror's own folder: state, lock, reports
 
@@ -48,7 +52,11 @@ class SeriesPlan:
     expected_count: int | None
     expected_bytes: int | None
     fields: Mapping[str, object] = field(default_factory=dict)  # layout/metadata.csv fields
-    sop_uids: tuple[str, ...] = ()  # may be empty until known
+    sop_uids: tuple[str, ...] = ()  # instance keys (SOP UIDs for NBIA); may be empty until known
+    source: str = "nbia"  # which source serves the series (its tag: "nbia", "idc:<bucket>")
+    expected_sizes: Mapping[str, int] = field(default_factory=dict)  # key -> bytes, where known
+    expected_md5: Mapping[str, str] = field(default_factory=dict)  # key -> the source's MD5
+    md5_source: str | None = None  # where expected_md5 came from (e.g. "etag")
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +77,7 @@ class SeriesState:
     done_count: int
     done_bytes: int
     instance_count: int  # known SOP instance UIDs
+    source: str = "nbia"
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +87,10 @@ class InstanceState:
     done: bool
     rel_path: str | None
     size: int | None
-    md5: str | None
+    md5: str | None  # MD5 of the committed file, computed by us
+    expected_size: int | None = None
+    expected_md5: str | None = None  # the MD5 the source stated for the instance
+    md5_source: str | None = None  # where expected_md5 came from (MD5_SOURCES)
 
 
 class Store(Protocol):
@@ -112,6 +124,10 @@ class Store(Protocol):
 
     async def commit_instances(self, series_uid: str, items: Iterable[Committed]) -> None:
         """Record files as done, in one transaction. Call only once the files are durable."""
+        ...
+
+    async def set_expected_md5(self, series_uid: str, md5s: Mapping[str, str], source: str) -> None:
+        """Record the MD5s the source stated for instances (kept across runs)."""
         ...
 
     async def uncommit_instances(

@@ -70,7 +70,7 @@ __all__ = [
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 STATE_FILE = "state.sqlite"
 LOCK_FILE = "lock"
 _APPLICATION_ID = 0x54434D31  # "TCM1": marks the file as ours
@@ -98,7 +98,8 @@ CREATE TABLE IF NOT EXISTS series (
     done_count INTEGER NOT NULL DEFAULT 0,
     done_bytes INTEGER NOT NULL DEFAULT 0,
     instance_count INTEGER NOT NULL DEFAULT 0,
-    updated REAL
+    updated REAL,
+    source TEXT NOT NULL DEFAULT 'nbia'
 );
 CREATE INDEX IF NOT EXISTS series_status ON series(status);
 CREATE TABLE IF NOT EXISTS instance (
@@ -108,8 +109,20 @@ CREATE TABLE IF NOT EXISTS instance (
     rel_path TEXT,
     size INTEGER,
     md5 TEXT,
+    expected_size INTEGER,
+    expected_md5 TEXT,
+    md5_source TEXT,
     PRIMARY KEY (series_id, sop_uid)
 ) WITHOUT ROWID;
+"""
+
+# Schema 1 -> 2: the source of each series; the size and MD5 the source stated per instance.
+_MIGRATE_1_2 = """
+ALTER TABLE series ADD COLUMN source TEXT NOT NULL DEFAULT 'nbia';
+ALTER TABLE instance ADD COLUMN expected_size INTEGER;
+ALTER TABLE instance ADD COLUMN expected_md5 TEXT;
+ALTER TABLE instance ADD COLUMN md5_source TEXT;
+PRAGMA user_version=2;
 """
 
 # Recompute one series' counters from its instances.
@@ -132,7 +145,7 @@ WHERE id = :id
 """
 _SERIES_COLUMNS = (
     "uid, collection, patient_id, study_uid, expected_count, expected_bytes, fields, status, "
-    "attempts, error, rel_dir, done_count, done_bytes, instance_count"
+    "attempts, error, rel_dir, done_count, done_bytes, instance_count, source"
 )
 
 
@@ -210,6 +223,8 @@ class StateStore:
                     f"BEGIN IMMEDIATE;\n{_SCHEMA}\nPRAGMA application_id={_APPLICATION_ID};\n"
                     f"PRAGMA user_version={SCHEMA_VERSION};\nCOMMIT;"
                 )
+            elif version == 1:  # a mirror of an earlier tcia-mirror: add what v2 records
+                conn.executescript(f"BEGIN IMMEDIATE;\n{_MIGRATE_1_2}\nCOMMIT;")
         except sqlite3.DatabaseError as exc:
             raise _sqlite_error(exc, path) from exc
 
@@ -345,8 +360,8 @@ class StateStore:
                 if row is None:
                     cur = conn.execute(
                         "INSERT INTO series(uid, collection, patient_id, study_uid, "
-                        "expected_count, expected_bytes, fields, updated) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        "expected_count, expected_bytes, fields, updated, source) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (
                             plan.uid,
                             plan.collection,
@@ -356,11 +371,13 @@ class StateStore:
                             plan.expected_bytes,
                             fields_json,
                             now,
+                            plan.source,
                         ),
                     )
                     series_id = int(cur.lastrowid or 0)
                     if plan.sop_uids:
                         _insert_instances(conn, series_id, plan.sop_uids)
+                        _set_expected(conn, series_id, plan)
                         self._refresh(conn, series_id, restatus=False)
                     continue
                 series_id, old_count, old_bytes, status = row
@@ -390,6 +407,7 @@ class StateStore:
                 )
                 if plan.sop_uids:
                     added = _insert_instances(conn, series_id, plan.sop_uids)
+                    _set_expected(conn, series_id, plan)
                     self._refresh(conn, series_id, restatus=False)
                     if added and status == "complete":
                         changes.append(f"{added} new instances")
@@ -460,6 +478,20 @@ class StateStore:
                 (added, newly, dbytes, series_id),
             )
             conn.execute(_RESTATUS_ONE, {"id": series_id})
+
+    def set_expected_md5(self, series_uid: str, md5s: Mapping[str, str], source: str) -> None:
+        """Record the MD5s the source stated (instances not yet known are added)."""
+        rows = [(k, v.lower()) for k, v in md5s.items()]
+        with self._write() as conn:
+            series_id = self._series_id(conn, series_uid)
+            added = _insert_instances(conn, series_id, (k for k, _ in rows))
+            conn.executemany(
+                "UPDATE instance SET expected_md5 = ?, md5_source = ? "
+                "WHERE series_id = ? AND sop_uid = ?",
+                ((v, source, series_id, k) for k, v in rows),
+            )
+            if added:
+                self._refresh(conn, series_id)
 
     def uncommit_instances(
         self, series_uid: str, sop_uids: Iterable[str], *, md5: Mapping[str, str] | None = None
@@ -545,7 +577,8 @@ class StateStore:
 
     def _instances(self, series_uid: str, *, done_only: bool) -> list[InstanceState]:
         sql = (
-            "SELECT i.sop_uid, i.done, i.rel_path, i.size, i.md5 FROM instance AS i "
+            "SELECT i.sop_uid, i.done, i.rel_path, i.size, i.md5, i.expected_size, "
+            "i.expected_md5, i.md5_source FROM instance AS i "
             "JOIN series AS s ON s.id = i.series_id WHERE s.uid = ?"
         )
         if done_only:
@@ -553,8 +586,8 @@ class StateStore:
         with self._read() as conn:
             rows = conn.execute(sql, (series_uid,)).fetchall()
         return [
-            InstanceState(series_uid, sop, bool(d), rel, size, md5)
-            for sop, d, rel, size, md5 in rows
+            InstanceState(series_uid, sop, bool(d), rel, size, md5, esize, emd5, msrc)
+            for sop, d, rel, size, md5, esize, emd5, msrc in rows
         ]
 
     def summary(self) -> dict[str, dict[str, int]]:
@@ -608,16 +641,35 @@ def _insert_instances(conn: sqlite3.Connection, series_id: int, sop_uids: Iterab
     return conn.total_changes - before
 
 
+def _set_expected(conn: sqlite3.Connection, series_id: int, plan: SeriesPlan) -> None:
+    """The sizes and MD5s the source stated for instances (a listing's Size and ETag)."""
+    keys = set(plan.expected_sizes) | set(plan.expected_md5)
+    conn.executemany(
+        "UPDATE instance SET expected_size = ?, expected_md5 = ?, md5_source = ? "
+        "WHERE series_id = ? AND sop_uid = ?",
+        (
+            (
+                plan.expected_sizes.get(k),
+                plan.expected_md5.get(k),
+                plan.md5_source if k in plan.expected_md5 else None,
+                series_id,
+                k,
+            )
+            for k in keys
+        ),
+    )
+
+
 def _series_state(row: tuple[Any, ...]) -> SeriesState:
     (uid, coll, pid, study, ecount, ebytes, fields_json, status, attempts, error, rel_dir,
-     done_count, done_bytes, instance_count) = row  # fmt: skip
+     done_count, done_bytes, instance_count, source) = row  # fmt: skip
     try:
         fields = json.loads(fields_json) if fields_json else {}
     except ValueError:
         fields = {}  # a damaged record is treated as absent
     return SeriesState(
         uid, coll, pid, study, ecount, ebytes, fields if isinstance(fields, dict) else {},
-        status, attempts, error, rel_dir, done_count, done_bytes, instance_count,
+        status, attempts, error, rel_dir, done_count, done_bytes, instance_count, source,
     )  # fmt: skip
 
 
@@ -713,6 +765,9 @@ class SqliteStore:
 
     async def commit_instances(self, series_uid: str, items: Iterable[Committed]) -> None:
         await self._call(self.db.commit_instances, series_uid, list(items))
+
+    async def set_expected_md5(self, series_uid: str, md5s: Mapping[str, str], source: str) -> None:
+        await self._call(self.db.set_expected_md5, series_uid, dict(md5s), source)
 
     async def uncommit_instances(
         self, series_uid: str, keys: Iterable[str], *, md5: Mapping[str, str] | None = None
