@@ -23,6 +23,8 @@ ENV = {
     "password": "TCIA_PASSWORD",
     "token_url": "TCIA_TOKEN_URL",
     "retries": "TCIA_RETRIES",
+    "s3_endpoint": "TCIA_S3_ENDPOINT",
+    "state": "TCIA_STATE",  # the checkpoint store: postgresql://... (default DIR/.tcia-mirror)
 }
 KEYS = tuple(ENV)
 
@@ -70,6 +72,9 @@ def client_config(settings: Mapping[str, Any], **overrides: Any) -> ClientConfig
     base_url = settings.get("base_url")
     if base_url is not None and not str(base_url).startswith(("http://", "https://")):
         raise InputError(f"--base-url must start with http:// or https://, got {base_url!r}")
+    s3_endpoint = settings.get("s3_endpoint")
+    if s3_endpoint is not None and not str(s3_endpoint).startswith(("http://", "https://")):
+        raise InputError(f"--s3-endpoint must start with http:// or https://, got {s3_endpoint!r}")
     creds = Credentials(
         api_key=settings.get("api_key"),
         user=settings.get("user"),
@@ -92,5 +97,6 @@ def client_config(settings: Mapping[str, Any], **overrides: Any) -> ClientConfig
         base_url=base_url,
         token_url=settings.get("token_url"),
         credentials=creds,
+        s3_endpoint=str(s3_endpoint).rstrip("/") if s3_endpoint else None,
     )
     return replace(cfg, **overrides) if overrides else cfg

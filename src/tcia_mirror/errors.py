@@ -7,6 +7,8 @@ Split by what the caller can do about it::
     |   +-- UnknownEndpointError
     +-- StateError                  the mirror folder or its state store (exit 2)
     |   +-- MirrorLockedError       another process holds the mirror
+    |   +-- LeaseLostError          another worker took over a series whose lease ran out
+    |   +-- StoreUnreachableError   the state database cannot be reached (exit 3)
     +-- RemoteError                 the archive stopped the run (exit 3)
     |   +-- UnreachableError        connection refused, DNS, timeouts after retries
     |   +-- AuthError               key/token refused (401/403) or token endpoint refused
@@ -54,6 +56,17 @@ class StateError(TciaMirrorError):
 
 class MirrorLockedError(StateError):
     """Another tcia-mirror process is working on this mirror."""
+
+
+class LeaseLostError(StateError):
+    """A series' lease ran out and another worker took it over: leave the series to it."""
+
+
+class StoreUnreachableError(StateError):
+    """The state database (``--state postgresql://...``) cannot be reached: like the archive
+    being unreachable, try again later (exit 3)."""
+
+    exit_code = 3
 
 
 class RemoteError(TciaMirrorError):

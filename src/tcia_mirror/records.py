@@ -18,6 +18,7 @@ ProblemKind = Literal[
     "archive_changed",  # verify --remote: the archive's count, bytes or SOP list changed
     "archive_refused",  # the archive answered 400/404 for the series
     "crc_mismatch",  # a ZIP entry whose CRC-32 was wrong
+    "duplicate_sop",  # two objects of one bucket folder hold the same SOP Instance UID
     "file_size",  # a file on disk whose size is not the recorded one
     "header_mismatch",  # a file whose header names another series or instance
     "md5_mismatch",  # content whose MD5 is not the one the archive listed (or recorded)

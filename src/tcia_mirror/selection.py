@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 from tcia_mirror.errors import InputError
+from tcia_mirror.sources.idc.manifest import is_s5cmd, parse_s5cmd
 from tcia_mirror.sources.nbia.manifest import is_uid, parse_manifest, parse_series_file
 
-_MERGED = ("shared_lists", "series", "sources")  # fields a union merges; the rest must agree
+_log = logging.getLogger("tcia_mirror")
+_MERGED = ("shared_lists", "series", "sources", "bucket_series")  # fields a union merges; the rest must agree
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,9 +35,11 @@ class Selection:
     shared_lists: tuple[str, ...] = ()
     series: tuple[str, ...] = ()
     sources: tuple[str, ...] = ()
+    # series folders in IDC buckets, from .s5cmd manifests (BucketRef.to_text of each line)
+    bucket_series: tuple[str, ...] = ()
 
     def is_empty(self) -> bool:
-        return not (self.collection or self.shared_lists or self.series)
+        return not (self.collection or self.shared_lists or self.series or self.bucket_series)
 
     def describe(self) -> str:
         parts: list[str] = []
@@ -58,6 +63,8 @@ class Selection:
         if self.series:
             src = f" from {', '.join(self.sources)}" if self.sources else ""
             parts.append(f"{len(self.series)} series UID(s){src}")
+        if self.bucket_series:
+            parts.append(f"{len(self.bucket_series)} bucket series folder(s)")
         return "; ".join(parts) or "nothing"
 
     def to_json(self) -> str:
@@ -152,8 +159,16 @@ def build_selection(
             raise InputError(f"--series {uid!r} is not a DICOM UID (digits and dots)")
         uids.append(uid.strip())
     sources: list[str] = []
+    buckets: list[str] = []
     for path in manifests:
-        uids.extend(parse_manifest(_read_text(path, "manifest"), source=path).series_uids)
+        text = _read_text(path, "manifest")
+        if is_s5cmd(text):  # recognised by content, whatever the extension
+            s5 = parse_s5cmd(text, source=path)
+            for message in s5.messages(path):
+                _log.warning("%s", message)  # an odd line is reported, never fatal
+            buckets.extend(ref.to_text() for ref in s5.refs)
+        else:
+            uids.extend(parse_manifest(text, source=path).series_uids)
         sources.append(Path(path).name)
     for path in series_files:
         uids.extend(parse_series_file(_read_text(path, "series file"), source=path))
@@ -172,6 +187,7 @@ def build_selection(
         shared_lists=tuple(dict.fromkeys(shared_lists)),
         series=tuple(dict.fromkeys(uids)),
         sources=tuple(sources),
+        bucket_series=tuple(dict.fromkeys(buckets)),
     )
 
 

@@ -42,7 +42,7 @@ async def test_plan_commit_uncommit_and_summary(open_store, mirror_dir: Path) ->
         await store.set_series_status("1.1", "complete")
         summary = await store.summary()
         assert summary["series"] == {"total": 2, "complete": 1, "failed": 0, "pending": 1}
-        assert summary["instances"] == {"total": 5, "complete": 3}
+        assert summary["instances"]["total"] == 5 and summary["instances"]["complete"] == 3
         assert summary["bytes"] == {"total": 500, "complete": 300}
         # a damaged file is forgotten: the series is no longer complete
         await store.uncommit_instances("1.1", ["1.1.2"])
@@ -78,12 +78,27 @@ async def test_replanning_keeps_done_instances(open_store, mirror_dir: Path) -> 
         assert s is not None and s.done_count == 1 and s.instance_count == 3
 
 
-async def test_a_second_holder_is_refused(open_store, mirror_dir: Path) -> None:
+async def test_two_holders_never_work_the_same_series(open_store, mirror_dir: Path) -> None:
+    """SQLite refuses the second holder; PostgreSQL leases each series to one of them."""
     from tcia_mirror.errors import MirrorLockedError
 
     first = await open_store(mirror_dir, create=True)
     second = await open_store(mirror_dir, create=False)
     async with first, second, first.lock():
-        with pytest.raises(MirrorLockedError):
+        await first.record_plan([plan(f"1.{i}") for i in range(1, 6)])
+        await first.commit_instances(
+            "1.1", [(f"1.1.{i}", f"d/{i}.dcm", 100, None) for i in range(3)]
+        )
+        await first.set_series_status("1.1", "complete")
+        mine = await first.claim("w1", 2, 60)
+        theirs = []
+        try:
             async with second.lock():
-                pass
+                theirs = await second.claim("w2", 10, 60)
+        except MirrorLockedError:
+            pass
+        assert {s.uid for s in mine}.isdisjoint({s.uid for s in theirs})
+        taken = {s.uid for s in mine} | {s.uid for s in theirs}
+        assert taken == {"1.2", "1.3", "1.4", "1.5"}  # every unfinished series, once
+        assert await first.claim("w1", 10, 60) == []  # nothing is left to take
+        assert await first.live_leases("w1") == (2 if theirs else 0)

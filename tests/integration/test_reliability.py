@@ -760,7 +760,7 @@ def test_disk_full_mid_run_keeps_everything_and_resumes(
     ds = sim_thread.sim.dataset
     coll = ds.series[0].collection
     out = tmp_path / "m"
-    full = functools.partial(AtomicWriter, opener=failing_opener(12_000))
+    full = functools.partial(AtomicWriter, opener=failing_opener(24_000))
     monkeypatch.setattr(_fetcher, "AtomicWriter", full)
     argv = ["--out", str(out), "--no-progress", "--mode", mode, "--concurrency", "2"]
     code = cli_run(["download", "--collection", coll, "--base-url", sim_thread.base_url(), *argv])

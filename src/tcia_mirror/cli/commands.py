@@ -13,9 +13,10 @@ import anyio
 
 from tcia_mirror.config import client_config, resolve
 from tcia_mirror.engine.mirror import DownloadOptions, Mirror, RunReport
-from tcia_mirror.errors import InputError, StateError
+from tcia_mirror.errors import InputError, StateError, StoreUnreachableError
 from tcia_mirror.progress import Progress
 from tcia_mirror.selection import SELECTORS, Selection, build_selection
+from tcia_mirror.store import opener
 
 
 def _selection_options() -> argparse.ArgumentParser:
@@ -33,7 +34,14 @@ def _selection_options() -> argparse.ArgumentParser:
     g.add_argument(
         "--shared-list", dest="shared_lists", action="append", default=[], metavar="NAME"
     )
-    g.add_argument("--manifest", dest="manifests", action="append", default=[], metavar="FILE.tcia")
+    g.add_argument(
+        "--manifest",
+        dest="manifests",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help=".tcia or .s5cmd (IDC) manifest, recognised by content; repeatable",
+    )
     g.add_argument("--series", action="append", default=[], metavar="UID", help="repeatable")
     g.add_argument(
         "--series-file", dest="series_files", action="append", default=[], metavar="FILE"
@@ -44,6 +52,24 @@ def _selection_options() -> argparse.ArgumentParser:
 def _out_option(required: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--out", required=required, metavar="DIR", help="the mirror folder")
+    p.add_argument(
+        "--state",
+        metavar="URL",
+        help="where progress is kept: postgresql://USER@HOST:PORT/DB shared by workers on many "
+        "hosts (env TCIA_STATE; default DIR/.tcia-mirror/state.sqlite)",
+    )
+    return p
+
+
+def _worker_options() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument(
+        "--lease",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="a series whose worker stopped heartbeating for this long is taken over (default 60)",
+    )
     return p
 
 
@@ -66,12 +92,21 @@ def _run_options() -> argparse.ArgumentParser:
 def add_engine_commands(sub: Any, conn: argparse.ArgumentParser) -> None:
     sel, out, run = _selection_options(), _out_option(), _run_options()
     p = sub.add_parser("plan", parents=[conn, sel, out], help="record the plan and print its size")
+    p.add_argument(
+        "--max-connections-total",
+        type=int,
+        metavar="N",
+        help="archive connections in flight across all workers of the plan (default 16)",
+    )
     p.add_argument("--json", action="store_true")
     p.add_argument("--concurrency", type=int, default=8, metavar="N")
     p.add_argument("--layout", metavar="TEMPLATE")
     p.set_defaults(func=_cmd_plan)
 
-    d = sub.add_parser("download", parents=[conn, sel, out, run], help="mirror a selection")
+    d = sub.add_parser(
+        "download", parents=[conn, sel, out, run, _worker_options()], help="mirror a selection"
+    )
+    d.add_argument("--max-connections-total", type=int, metavar="N")
     d.add_argument("--mode", choices=["zip", "single"], default="zip")
     d.add_argument(
         "--layout",
@@ -107,6 +142,15 @@ def add_engine_commands(sub: Any, conn: argparse.ArgumentParser) -> None:
     y.add_argument("--json", action="store_true")
     y.set_defaults(func=_cmd_sync)
 
+    w = sub.add_parser(
+        "worker",
+        parents=[conn, out, run, _worker_options()],
+        help="work a plan shared in PostgreSQL, alongside workers on other hosts",
+    )
+    w.add_argument("--mode", choices=["zip", "single"], default="zip")
+    w.add_argument("--json", action="store_true")
+    w.set_defaults(func=_cmd_worker)
+
     m = sub.add_parser(
         "demo",
         parents=[_out_option(required=False)],
@@ -131,16 +175,29 @@ def _selection(args: argparse.Namespace) -> Selection:
     return build_selection(**{name: getattr(args, name) for name in SELECTORS})
 
 
+def _state(args: argparse.Namespace) -> str | None:
+    """--state, else TCIA_STATE, else the config file's ``state``; None: the SQLite file."""
+    return resolve(vars(args)).get("state")
+
+
+def _exists(args: argparse.Namespace) -> bool:
+    """Whether the mirror has state: its folder's SQLite file, or a shared database."""
+    return bool(_state(args)) or Mirror.exists(args.out)
+
+
 def _mirror(args: argparse.Namespace, *, recorded_ok: bool, progress: Progress | None) -> Mirror:
     recorded: dict[str, Any] = {}
-    if recorded_ok and Mirror.exists(args.out):
+    store = opener(_state(args))
+    if recorded_ok and _exists(args):
         try:
-            rec = _run(Mirror(args.out).recorded)
+            rec = _run(Mirror(args.out, open_store=store).recorded)
+        except StoreUnreachableError:
+            raise
         except StateError:
             rec = {}
-        recorded = {k: rec[k] for k in ("api", "base_url") if rec.get(k)}
+        recorded = {k: rec[k] for k in ("api", "base_url", "s3_endpoint") if rec.get(k)}
     settings = resolve(vars(args), defaults=recorded)
-    return Mirror(args.out, client_config(settings), progress=progress)
+    return Mirror(args.out, client_config(settings), progress=progress, open_store=store)
 
 
 def _run(coro: Callable[[], Awaitable[Any]]) -> Any:
@@ -160,11 +217,15 @@ def _print_report(args: argparse.Namespace, report: RunReport) -> int:
 
 
 def _options(args: argparse.Namespace, **extra: Any) -> DownloadOptions:
+    if getattr(args, "lease", 60.0) <= 0:
+        raise InputError("--lease must be more than 0 seconds")
     return DownloadOptions(
         mode=getattr(args, "mode", "zip"),
         concurrency=args.concurrency,
         md5=not args.no_md5,
         give_up_after=args.give_up_after,
+        lease=getattr(args, "lease", 60.0),
+        max_connections_total=getattr(args, "max_connections_total", None),
         **extra,
     )
 
@@ -172,12 +233,19 @@ def _options(args: argparse.Namespace, **extra: Any) -> DownloadOptions:
 # -- commands ----------------------------------------------------------------------------------
 def _cmd_plan(args: argparse.Namespace) -> int:
     selection = _selection(args)
-    if selection.is_empty() and not Mirror.exists(args.out):
+    if selection.is_empty() and not _exists(args):
         raise InputError(
             "nothing selected: give --collection, --shared-list, --manifest, --series or --series-file"
         )
     mirror = _mirror(args, recorded_ok=True, progress=None)
-    plan = _run(lambda: mirror.plan(selection, concurrency=args.concurrency, layout=args.layout))
+    plan = _run(
+        lambda: mirror.plan(
+            selection,
+            concurrency=args.concurrency,
+            layout=args.layout,
+            max_connections_total=args.max_connections_total,
+        )
+    )
     data = {
         "series": len(plan.series),
         "instances": plan.total_instances,
@@ -209,7 +277,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 def _cmd_download(args: argparse.Namespace) -> int:
     selection = _selection(args)
-    fresh = not Mirror.exists(args.out)
+    fresh = not _exists(args)
     if selection.is_empty() and fresh:
         raise InputError(
             "nothing selected: give --collection, --shared-list, --manifest, --series or --series-file"
@@ -237,8 +305,8 @@ def _cmd_download(args: argparse.Namespace) -> int:
 def _existing_mirror_run(
     args: argparse.Namespace, call: Callable[[Mirror], Awaitable[RunReport]]
 ) -> int:
-    """resume / sync: a mirror that exists, its recorded connection, one report."""
-    if not Mirror.exists(args.out):
+    """resume / sync / worker: a mirror that exists, its recorded connection, one report."""
+    if not _exists(args):
         raise StateError(
             f"{args.out} is not a tcia-mirror mirror; start one with `tcia-mirror download`"
         )
@@ -255,6 +323,27 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     return _existing_mirror_run(args, lambda m: m.resume(_options(args)))
 
 
+def _cmd_worker(args: argparse.Namespace) -> int:
+    """0 when every series of the plan is complete, 1 naming the failed ones."""
+    if not _state(args):
+        raise InputError(
+            "worker needs a shared plan: give --state postgresql://USER@HOST:PORT/DB "
+            "(one host alone: tcia-mirror resume --out DIR)"
+        )
+    progress = _progress(args)
+    mirror = _mirror(args, recorded_ok=True, progress=progress)
+    try:
+        report = _run(lambda: mirror.work(_options(args)))
+    finally:
+        progress.close()
+    code = _print_report(args, report)
+    failed = _run(mirror.failed_series)
+    if failed and not getattr(args, "json", False):
+        print(f"failed series ({len(failed)}): {', '.join(failed[:20])}")
+    series = report.status.get("series", {})
+    return max(code, 0 if series.get("complete") == series.get("total") and not failed else 1)
+
+
 def _cmd_sync(args: argparse.Namespace) -> int:
     since: date | None = None
     if args.since:
@@ -268,7 +357,11 @@ def _cmd_sync(args: argparse.Namespace) -> int:
 def _cmd_verify(args: argparse.Namespace) -> int:
     # --remote: the recorded profile and base URL, overridden by settings and flags; without
     # it verify is local and the connection options are accepted and ignored
-    mirror = _mirror(args, recorded_ok=True, progress=None) if args.remote else Mirror(args.out)
+    mirror = (
+        _mirror(args, recorded_ok=True, progress=None)
+        if args.remote
+        else Mirror(args.out, open_store=opener(_state(args)))
+    )
     report = _run(lambda: mirror.verify(deep=not args.quick, remote=args.remote))
     if args.json:
         print(json.dumps(report.to_dict(), indent=2, default=str))
@@ -288,7 +381,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    summary = _run(Mirror(args.out).status)
+    summary = _run(Mirror(args.out, open_store=opener(_state(args))).status)
     if args.json:
         print(json.dumps(summary))
     else:
@@ -297,6 +390,11 @@ def _cmd_status(args: argparse.Namespace) -> int:
             f"series: {s['complete']}/{s['total']} complete, {s['failed']} failed, {s['pending']} pending; "
             f"instances: {i['complete']}/{i['total']}; bytes: {b['complete'] / 1e6:.1f}/{b['total'] / 1e6:.1f} MB"
         )
+        if i["complete"]:
+            print(
+                f"MD5: {i['archive_md5']} of {i['complete']} files checked against the archive's, "
+                f"{i['local_md5']} against ours only"
+            )
     done = summary["series"]["complete"] == summary["series"]["total"]
     return 0 if done else 1
 

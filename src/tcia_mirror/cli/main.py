@@ -80,6 +80,11 @@ def _connection_options() -> argparse.ArgumentParser:
         help=f"API profile: {', '.join(available_profiles())} or a .toml file (default nbia-v4)",
     )
     g.add_argument("--base-url", metavar="URL", help="override the profile's base URL")
+    g.add_argument(
+        "--s3-endpoint",
+        metavar="URL",
+        help="endpoint of every IDC bucket of .s5cmd manifests (env TCIA_S3_ENDPOINT)",
+    )
     g.add_argument("--api-key", metavar="KEY", help="API key (env TCIA_API_KEY)")
     g.add_argument("--user", metavar="NAME", help="user for OAuth profiles (env TCIA_USER)")
     g.add_argument("--password", metavar="PW", help="password (env TCIA_PASSWORD)")

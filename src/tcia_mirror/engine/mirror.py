@@ -6,9 +6,13 @@ status, sync). It never imports the CLI or tqdm; progress goes to a :class:`Prog
 
 from __future__ import annotations
 
+import os
+import secrets
 import shutil
+import socket
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import date
 from pathlib import Path
@@ -37,6 +41,7 @@ from tcia_mirror.errors import (
     DataError,
     DiskError,
     InputError,
+    LeaseLostError,
     NotFoundError,
     RateLimitedError,
     RemoteError,
@@ -45,7 +50,7 @@ from tcia_mirror.errors import (
     UnreachableError,
     one_error,
 )
-from tcia_mirror.fs.atomic import cleanup_temp_files
+from tcia_mirror.fs.atomic import cleanup_taken_over, cleanup_temp_files
 from tcia_mirror.fs.layout import Layout
 from tcia_mirror.progress import NullProgress, Progress
 from tcia_mirror.records import Outcome, totals_problems
@@ -53,13 +58,14 @@ from tcia_mirror.selection import Selection
 from tcia_mirror.sources.base import Mode, PlanResult, Source
 from tcia_mirror.sources.http import RetryPolicy, Sleep, real_sleep
 from tcia_mirror.sources.nbia.client import ArchiveClient, ClientConfig
-from tcia_mirror.sources.nbia.source import NbiaSource
+from tcia_mirror.sources.routing import default_source
 from tcia_mirror.store.base import STATE_DIR, SeriesState, Store
 from tcia_mirror.store.sqlite import SqliteStore
 
 T = TypeVar("T")
 PLAN_CONCURRENCY = 32  # planning requests at once (at least; 2 x --concurrency when larger)
-META_FIELDS = ("selection", "layout", "api", "base_url", "last_sync")
+META_FIELDS = ("selection", "layout", "api", "base_url", "s3_endpoint", "last_sync")
+MAX_CONNECTIONS_TOTAL = 16  # the default budget of archive connections across all workers
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +80,11 @@ class DownloadOptions:
     # pass without one file of it committed; then it is given up for this run
     give_up_after: float = 600.0
     check_space: bool = True
+    # a worker's hold on a series (PostgreSQL): renewed every lease/3 s; a series whose holder
+    # stopped renewing for this long is taken over by another worker
+    lease: float = 60.0
+    # the archive's connection budget shared by every worker of the plan (recorded in the plan)
+    max_connections_total: int | None = None
 
 
 class Mirror:
@@ -94,7 +105,7 @@ class Mirror:
         clock: Callable[[], float] = time.monotonic,
         after_rename: Callable[[Path], None] | None = None,
         open_store: Callable[..., Awaitable[Store]] = SqliteStore.open,
-        make_source: Callable[[ArchiveClient], Source] = NbiaSource,
+        make_source: Callable[[ArchiveClient], Source] = default_source,
     ) -> None:
         self.root = Path(out)
         self.config = config
@@ -104,6 +115,8 @@ class Mirror:
         self._after_rename = after_rename  # test seam: see Fetcher
         self._open_store_with = open_store  # the Store backend (tests/contract)
         self._make_source = make_source  # the Source backend (tests/contract)
+        # this process's name on leases and connection slots (temp files carry host and pid too)
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
     # -- the folder and its store ------------------------------------------------------------
     async def _open_store(self, *, create: bool) -> Store:
@@ -151,6 +164,8 @@ class Mirror:
             await store.set_meta("api", self.config.profile.name)
             if self.config.base_url:  # a password in the URL is never stored
                 await store.set_meta("base_url", _without_password(self.config.base_url))
+            if self.config.s3_endpoint:  # buckets are anonymous: the endpoint is no secret
+                await store.set_meta("s3_endpoint", _without_password(self.config.s3_endpoint))
 
     # -- plan --------------------------------------------------------------------------------
     async def _plan_into(
@@ -179,7 +194,12 @@ class Mirror:
         return plan
 
     async def plan(
-        self, selection: Selection, *, concurrency: int = 8, layout: str | None = None
+        self,
+        selection: Selection,
+        *,
+        concurrency: int = 8,
+        layout: str | None = None,
+        max_connections_total: int | None = None,
     ) -> PlanResult:
         """Expand the selection and record the plan; fetch nothing."""
         store = await self._open_store(create=True)
@@ -188,6 +208,7 @@ class Mirror:
             if recorded:
                 selection = Selection.from_json(recorded).union(selection)
             lay = await self._layout(store, layout)
+            await self._record_budget(store, max_connections_total)
             await self._record_connection(store)
             async with self._client(concurrency) as client:
                 return await self._plan_into(
@@ -203,6 +224,50 @@ class Mirror:
 
     async def resume(self, options: DownloadOptions | None = None) -> RunReport:
         return await self._run("resume", None, options)
+
+    async def work(self, options: DownloadOptions | None = None) -> RunReport:
+        """Work the recorded plan as one of many workers: lease series, fetch, commit, release;
+        return when nothing is left to lease and no other worker holds a live lease."""
+        return await self._run("work", None, options)
+
+    async def _record_budget(self, store: Store, total: int | None) -> None:
+        if total is not None and total < 1:
+            raise InputError("--max-connections-total must be at least 1")
+        if total is not None or await store.get_meta("max_connections_total") is None:
+            await store.set_meta("max_connections_total", str(total or MAX_CONNECTIONS_TOTAL))
+
+    @asynccontextmanager
+    async def _working(self, store: Store, opts: DownloadOptions) -> AsyncIterator[int]:
+        """Hold connection slots of the shared budget (waiting while others hold them all),
+        heartbeat them and this worker's leases every lease/3 s; yields how many are held
+        (0: nothing is left to do)."""
+        total = int(await store.get_meta("max_connections_total") or MAX_CONNECTIONS_TOTAL)
+        while not (
+            slots := await store.acquire_slots(self.owner, opts.concurrency, opts.lease, total)
+        ):
+            summary = await store.summary()
+            if not summary["series"]["pending"] and not await store.live_leases(self.owner):
+                break
+            self.progress.on_message(
+                f"all {total} connections of the budget are held by other workers; waiting"
+            )
+            await anyio.sleep(opts.lease / 3)
+
+        async def beat() -> None:
+            while True:
+                await anyio.sleep(opts.lease / 3)
+                await store.heartbeat(self.owner, opts.lease)
+
+        try:
+            async with one_error(), anyio.create_task_group() as tg:
+                tg.start_soon(beat)
+                try:
+                    yield slots
+                finally:
+                    tg.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await store.release_slots(self.owner)
 
     async def sync(
         self, since: date | None = None, options: DownloadOptions | None = None
@@ -240,7 +305,16 @@ class Mirror:
             report.dry_run = opts.dry_run
             layout = await self._layout(store, opts.layout)
             await self._record_connection(store)
-            async with self._client(opts.concurrency) as client:
+            if command == "work" and not await store.get_meta("planned"):
+                raise StateError(
+                    f"{self.root} has no finished plan; record one with `tcia-mirror plan`"
+                )
+            if command != "work":
+                await self._record_budget(store, opts.max_connections_total)
+            async with (
+                self._working(store, opts) as slots,
+                self._client(max(1, slots)) as client,
+            ):
                 source = self._make_source(client)
                 if command == "download" and selection.to_json() != recorded:
                     old = Selection.from_json(recorded) if recorded else None
@@ -252,7 +326,9 @@ class Mirror:
                     # recorded before planning, so a run killed while planning can be resumed
                     await store.set_meta("selection", selection.to_json())
                 planned = await store.get_meta("planned") == selection.to_json()
-                if command != "resume" or not planned or not await store.series():
+                if command == "work":
+                    pass  # a worker never plans
+                elif command != "resume" or not planned or not await store.series():
                     if command == "sync" and since is None and await store.get_meta("last_sync"):
                         since = date.fromisoformat(str(await store.get_meta("last_sync")))
                     if command == "sync" and since is not None and selection.collection:
@@ -275,8 +351,8 @@ class Mirror:
                 todo = [s for s in states if s.status != "complete"]
                 need = sum(max(0, (s.expected_bytes or 0) - s.done_bytes) for s in todo)
                 self._check_space(need, opts)
-                if not opts.dry_run:
-                    await self._fetch(store, source, todo, opts, report)
+                if not opts.dry_run and slots:
+                    await self._fetch(store, source, replace(opts, concurrency=slots), report)
                 report.retries = client.retries
                 report.throttled = client.throttled
                 secrets = client.secrets()
@@ -347,6 +423,9 @@ class Mirror:
         for i in insts:
             if i.done and i.rel_path is not None:
                 w.done[i.sop_uid] = (i.rel_path, i.size or 0, i.md5)
+            if i.expected_md5:  # stated by the archive in an earlier run: binds this one too
+                w.archive_md5[i.sop_uid] = i.expected_md5
+                w.md5_source[i.sop_uid] = i.md5_source or "archive"
         return w
 
     async def _adopt(self, store: Store, w: SeriesWork, report: RunReport) -> None:
@@ -392,13 +471,28 @@ class Mirror:
         return jobs
 
     async def _fetch(
-        self,
-        store: Store,
-        source: Source,
-        todo: list[SeriesState],
-        opts: DownloadOptions,
-        report: RunReport,
+        self, store: Store, source: Source, opts: DownloadOptions, report: RunReport
     ) -> None:
+        """Rounds of leasing and fetching until nothing is left to lease and no other worker
+        holds a live lease (a lease that runs out is taken over by the next round)."""
+        while True:
+            others = await store.live_leases(self.owner)
+            if await self._fetch_round(store, source, opts, report):
+                continue
+            if not others:
+                return
+            await anyio.sleep(opts.lease / 3)
+
+    async def _fetch_round(
+        self, store: Store, source: Source, opts: DownloadOptions, report: RunReport
+    ) -> int:
+        """Lease series one at a time as the workers need jobs, fetch them, record each
+        outcome and give the lease back; how many series this round leased."""
+        first = await store.claim(self.owner, 1, opts.lease)
+        if not first:
+            return 0
+        claimed = len(first)
+        lost: set[str] = set()  # series whose lease another worker took over
         fetcher = Fetcher(
             source,
             store,
@@ -417,15 +511,23 @@ class Mirror:
         )
 
         async def initial() -> AsyncGenerator[Job]:
-            for s in todo:
-                w = await self._work_for(store, s)
-                await self._adopt(store, w, report)
-                budget.begin(w)
-                jobs = self._jobs_for(source, w, opts.mode)
-                if not jobs:
-                    await self._finalize(store, w, report)
-                for job in jobs:
-                    yield job
+            nonlocal claimed
+            batch = first
+            while batch:
+                for s in batch:
+                    # temp files of a worker that held this series before are no one's now
+                    folder = self.root / (s.rel_dir or s.uid)
+                    await anyio.to_thread.run_sync(cleanup_taken_over, folder)
+                    w = await self._work_for(store, s)
+                    await self._adopt(store, w, report)
+                    budget.begin(w)
+                    jobs = self._jobs_for(source, w, opts.mode)
+                    if not jobs:
+                        await self._finalize(store, w, report)
+                    for job in jobs:
+                        yield job
+                batch = await store.claim(self.owner, 1, opts.lease)  # as the workers need jobs
+                claimed += len(batch)
 
         queue = JobQueue(initial())
 
@@ -465,6 +567,9 @@ class Mirror:
                 await fetcher.fetch(w, job.unit)  # a refusal of what came is recorded on w
             except (AuthError, UnreachableError, DiskError):
                 raise  # the run cannot go on: stop, keep what is committed
+            except LeaseLostError as exc:  # another worker took the series over: leave it
+                lost.add(w.uid)
+                w.notes.append(_one_line(exc))
             except (BadRequestError, NotFoundError) as exc:
                 w.problem("archive_refused", found=str(exc))
                 budget.refused.add(w.uid)  # retrying will not help
@@ -479,6 +584,8 @@ class Mirror:
             w.outstanding -= 1
             if w.outstanding > 0:
                 return []
+            if w.uid in lost:
+                return []  # its new holder records the outcome
             return await next_round(w)
 
         async def worker() -> None:
@@ -497,6 +604,7 @@ class Mirror:
             await queue.aclose()
             report.bytes_received += fetcher.bytes_received
             report.files_committed += fetcher.files_committed
+        return claimed
 
     async def _finalize(self, store: Store, w: SeriesWork, report: RunReport) -> None:
         found = len(w.done)
@@ -520,7 +628,11 @@ class Mirror:
         problems = [p.to_dict() for p in w.problems]
         outcome = Outcome.FAILED if problems else Outcome.COMPLETE
         error = "; ".join(sorted({p.kind for p in w.problems})) or None
-        await store.set_series_status(w.uid, outcome, error=error)
+        try:
+            await store.set_series_status(w.uid, outcome, error=error)
+        except LeaseLostError:
+            return  # another worker took the series over: its outcome is that worker's
+        await store.release(w.uid)
         report.series.append(
             {
                 "series": w.uid,
@@ -531,6 +643,9 @@ class Mirror:
                 "expected_bytes": w.expected_bytes,
                 "found_bytes": found_bytes,
                 "attempts": w.attempts,
+                # instances checked against an MD5 the archive stated, and those with only ours
+                "archive_md5": sum(1 for sop in w.done if sop in w.archive_md5),
+                "local_md5": sum(1 for sop in w.done if sop not in w.archive_md5),
                 "outcome": str(outcome),
                 "problems": problems,
                 "notes": w.notes[-5:],
@@ -594,6 +709,12 @@ class Mirror:
             report = VerifyReport(ok=not problems, series_checked=len(states), problems=problems)
             write_json(self.root, f"verify-{stamp()}.json", report.to_dict())
             return report
+
+    async def failed_series(self) -> list[str]:
+        """The series of the plan whose last outcome is failed."""
+        store = await self._open_store(create=False)
+        async with store:
+            return [s.uid for s in await store.series() if s.status == "failed"]
 
     async def status(self) -> dict[str, Any]:
         store = await self._open_store(create=False)

@@ -11,14 +11,14 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import anyio
 
 from tcia_mirror.errors import DataError, one_error
-from tcia_mirror.fs.atomic import AtomicWriter, disk_error
+from tcia_mirror.fs.atomic import AtomicWriter, disk_error, fsync_dir
 from tcia_mirror.fs.dicomio import ids_from_head, read_ids
 from tcia_mirror.fs.layout import instance_filename, sanitize_component
 from tcia_mirror.progress import Progress
@@ -92,7 +92,8 @@ class SeriesWork:
     earlier_attempts: int = 0  # ZIP fetches started by earlier (perhaps killed) runs
     stalls: int = 0
     outstanding: int = 0
-    archive_md5: dict[str, str] = field(default_factory=dict)  # SOP -> MD5 the archive listed
+    archive_md5: dict[str, str] = field(default_factory=dict)  # SOP -> MD5 the archive stated
+    md5_source: dict[str, str] = field(default_factory=dict)  # SOP -> where that MD5 came from
     zip_untrusted: bool = False  # a ZIP of this series had entries we refused (unsafe names)
     problems: list[Problem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -124,6 +125,8 @@ class _Committed:
     rel_path: str
     size: int
     md5: str
+    writer: AtomicWriter = field(repr=False, compare=False)
+    pending: bool = False  # checked, kept as a temp file until the archive's MD5 list came
 
 
 class Fetcher:
@@ -169,7 +172,7 @@ class Fetcher:
     def _writer(self, dest: Path) -> AtomicWriter:
         return AtomicWriter(dest, fsync=self.fsync, mirror_dir=self.root)
 
-    def _finalize(
+    def _check(
         self,
         writer: AtomicWriter,
         work: SeriesWork,
@@ -178,8 +181,13 @@ class Fetcher:
         want_sop: str | None,
         head: bytes = b"",
         claimed: set[str] | None = None,
+        key: str | None = None,
     ) -> _Committed | None:
-        """Runs in a worker thread: check the header, then rename into place (or discard)."""
+        """Worker thread: every check the file can pass before its archive MD5 is known
+        (header, series, instance, the MD5 where it is known). A refused file is discarded.
+
+        ``key``: the store key of an object whose SOP UID was not known before (a bucket
+        object); it is recorded under that key, named by its header's SOP UID."""
         writer.flush()
         ids = ids_from_head(head) if head else None
         if ids is None:
@@ -196,32 +204,67 @@ class Fetcher:
             writer.abort()
             work.problem("wrong_instance", expected=want_sop, found=ids.sop_uid)
             return None
-        listed = work.archive_md5.get(ids.sop_uid)
-        if listed is not None and listed != md5:  # the archive's md5hashes.csv said otherwise
+        record = key or ids.sop_uid  # the store's key of this file
+        listed = work.archive_md5.get(record)
+        if listed is not None and listed != md5:  # the archive stated another MD5
             writer.abort()
-            work.problem("md5_mismatch", expected=listed, found=md5, sop=ids.sop_uid)
+            work.problem(
+                "md5_mismatch", expected=listed, found=md5, sop=ids.sop_uid,
+                checked_against=work.md5_source.get(record, "archive"),
+            )  # fmt: skip
             return None
-        if work.expected and ids.sop_uid not in work.expected:
+        if work.expected and record not in work.expected:
             writer.abort()
-            work.problem("unexpected_instance", expected=None, found=ids.sop_uid)
+            work.problem("unexpected_instance", expected=None, found=record)
             return None
+        name = instance_filename(ids.sop_uid)
+        rel = f"{work.rel_dir}/{name}"
         with self._claim_lock:
-            taken = ids.sop_uid in work.done or (claimed is not None and ids.sop_uid in claimed)
+            taken = record in work.done or (claimed is not None and record in claimed)
             if not taken and claimed is not None:
-                claimed.add(ids.sop_uid)
+                claimed.add(record)
+            # an object named by its header must not take the name of another object's file
+            twin = key is not None and any(r == rel for r, _s, _m in work.done.values())
+        if twin:
+            writer.abort()
+            work.problem("duplicate_sop", expected=record, found=ids.sop_uid)
+            return None
         if taken:
             writer.abort()  # already committed (or arriving twice): the file on disk stays
             return None
-        name = instance_filename(ids.sop_uid)
-        writer.commit(self.root / work.rel_dir / name)
+        return _Committed(record, rel, size, md5, writer)
+
+    def _publish(self, c: _Committed, *, sync_dir: bool = True) -> None:
+        """Worker thread: rename a checked file into place (durable before it is recorded)."""
+        c.writer.commit(self.root / c.rel_path, sync_dir=sync_dir)
         if self._after_rename is not None:
-            self._after_rename(writer.dest)
-        return _Committed(ids.sop_uid, f"{work.rel_dir}/{name}", size, md5)
+            self._after_rename(c.writer.dest)
+
+    def _finalize(
+        self,
+        writer: AtomicWriter,
+        work: SeriesWork,
+        md5: str,
+        size: int,
+        want_sop: str | None,
+        head: bytes = b"",
+        claimed: set[str] | None = None,
+        key: str | None = None,
+    ) -> _Committed | None:
+        """Worker thread: check, then rename into place (or discard)."""
+        c = self._check(writer, work, md5, size, want_sop, head, claimed, key)
+        if c is not None:
+            self._publish(c)
+        return c
 
     def _finalize_entry(
-        self, entry: _Entry, work: SeriesWork, claimed: set[str]
+        self, entry: _Entry, work: SeriesWork, claimed: set[str], defer: bool
     ) -> _Committed | None:
-        """Worker thread: a small entry is written in one go here, a large one was streamed."""
+        """Worker thread: a small entry is written in one go here, a large one was streamed.
+
+        ``defer``: the archive's MD5 of this ZIP's files comes at its end; a file whose MD5 is
+        not known yet is checked and kept as a temp file on disk, renamed once the list came.
+        """
         writer = entry.writer
         if writer is None:
             writer = self._writer(entry.temp_dest)
@@ -231,9 +274,12 @@ class Fetcher:
                 writer.abort()
                 raise
             entry.writer = writer
-        return self._finalize(
-            writer, work, entry.digest.hexdigest(), entry.size, None, bytes(entry.head), claimed
-        )
+        args = (writer, work, entry.digest.hexdigest(), entry.size, None, bytes(entry.head))
+        c = self._check(*args, claimed)
+        if c is not None and not (defer and c.sop not in work.archive_md5):
+            self._publish(c)
+            return c
+        return c if c is None else replace(c, pending=True)
 
     async def _record(self, work: SeriesWork, c: _Committed) -> None:
         await self.store.commit_instances(work.uid, [(c.sop, c.rel_path, c.size, c.md5)])
@@ -281,19 +327,32 @@ class Fetcher:
         before = len(work.done)
         slots = anyio.Semaphore(_PIPELINE)
         stream_error: Exception | None = None
+        # the archive states this ZIP's MD5s in its last entry: files whose MD5 is not known
+        # yet wait on disk as temp files and count only once the list confirmed them
+        defer = self.source.states_md5(unit, md5=self.md5) is not None
+        pending: dict[str, _Committed] = {}
+        completed = False  # the task group ended without being cancelled
 
         async def finish(e: _Entry) -> None:
+            c: _Committed | None = None
             try:
                 # shielded: a cancelled run still records what it renamed into place
                 with anyio.CancelScope(shield=True):
-                    c = await anyio.to_thread.run_sync(self._finalize_entry, e, work, claimed)
-                    if c is not None:
+                    c = await anyio.to_thread.run_sync(
+                        self._finalize_entry, e, work, claimed, defer
+                    )
+                    if c is None:
+                        self._bytes(-e.size)  # rejected: take its bytes back
+                    elif c.pending:
+                        pending[e.name] = c
+                    else:
                         await self._record(work, c)
                         by_name[e.name] = c
-                    else:
-                        self._bytes(-e.size)  # rejected: take its bytes back
             finally:
-                e.discard()
+                if c is not None and c.pending:
+                    e.buf = bytearray()  # its temp file now belongs to the pending record
+                else:
+                    e.discard()
                 slots.release()
 
         try:
@@ -352,12 +411,20 @@ class Fetcher:
                         reader.close()
                 except Exception as exc:  # let the finishers commit what was complete
                     stream_error = exc
+            completed = True
         finally:
             if entry is not None:  # the stream broke inside this entry
                 entry.discard()
                 self._bytes(-entry.size)
+            if stream_error is not None or not completed:
+                for c in pending.values():  # unconfirmed: never counted, never left behind
+                    c.writer.abort()
+                    self._bytes(-c.size)
+                pending.clear()
         if stream_error is not None:
             raise stream_error
+        if pending:
+            await self._confirm(work, pending, archive_md5 or {}, by_name)
         if rejected:
             work.zip_untrusted = True
             work.notes.append(f"rejected {len(rejected)} ZIP entr(ies) with unsafe names")
@@ -365,6 +432,59 @@ class Fetcher:
         if archive_md5 is not None:
             await self._check_md5(work, by_name, archive_md5)
         return len(work.done) - before
+
+    async def _confirm(
+        self,
+        work: SeriesWork,
+        pending: dict[str, _Committed],
+        archive_md5: dict[str, str],
+        by_name: dict[str, _Committed],
+    ) -> None:
+        """The ZIP's MD5 list came (or the ZIP ended without one): check every waiting file
+        against it, then rename the good ones and record them in one batch.
+
+        The archive's MD5s are stored first, so a file renamed before a kill is adopted on
+        resume only if it matches them."""
+        stated = {c.sop: archive_md5[n] for n, c in pending.items() if n in archive_md5}
+        if stated:
+            await self.store.set_expected_md5(work.uid, stated, "md5hashes.csv")
+            for sop, md5 in stated.items():
+                work.archive_md5[sop] = md5
+                work.md5_source[sop] = "md5hashes.csv"
+        good: list[tuple[str, _Committed]] = []
+        for n, c in pending.items():
+            want = stated.get(c.sop)
+            if want is not None and want != c.md5:
+                c.writer.abort()
+                self._bytes(-c.size)
+                work.problem(
+                    "md5_mismatch", expected=want, found=c.md5, sop=c.sop,
+                    checked_against="md5hashes.csv",
+                )  # fmt: skip
+            else:
+                good.append((n, c))
+        if not good:
+            return
+
+        def publish_all() -> None:
+            for _n, c in good:
+                self._publish(c, sync_dir=False)
+            if self.fsync:
+                fsync_dir(self.root / work.rel_dir)
+
+        with anyio.CancelScope(shield=True):  # renamed files are recorded, even when cancelled
+            try:
+                await anyio.to_thread.run_sync(publish_all)
+            except BaseException:
+                for _n, c in good:
+                    c.writer.abort()
+                raise
+            rows = [(c.sop, c.rel_path, c.size, c.md5) for _n, c in good]
+            await self.store.commit_instances(work.uid, rows)
+        for n, c in good:
+            work.done[c.sop] = (c.rel_path, c.size, c.md5)
+            by_name[n] = c
+        self.files_committed += len(good)
 
     async def _check_md5(
         self, work: SeriesWork, by_name: dict[str, _Committed], archive_md5: dict[str, str]
@@ -387,11 +507,22 @@ class Fetcher:
 
     # -- single instances --------------------------------------------------------------------
     async def fetch_single(self, work: SeriesWork, unit: FetchUnit) -> bool:
-        """Fetch one object (an instance). True when it was committed."""
+        """Fetch one object (an instance). True when it was committed.
+
+        ``unit.sop`` None: the SOP UID is learnt from the file's header (a bucket object,
+        recorded under ``unit.key``)."""
         sop = unit.key
         assert sop is not None
+        want = unit.sop
+        if self.md5 and sop not in work.archive_md5:  # asked first: the file counts once checked
+            stated = await self.source.object_md5(unit)
+            if stated is not None:
+                md5, where = stated
+                await self.store.set_expected_md5(work.uid, {sop: md5}, where)
+                work.archive_md5[sop], work.md5_source[sop] = md5, where
         series_dir = self._series_dir(work)
-        writer = self._writer(series_dir / instance_filename(sop))
+        temp = instance_filename(want) if want else f"object-{hashlib.sha1(sop.encode()).hexdigest()[:16]}.dcm"  # noqa: E501
+        writer = self._writer(series_dir / temp)
         digest = hashlib.md5(usedforsecurity=False)
         size = 0
         head = bytearray()
@@ -405,8 +536,9 @@ class Fetcher:
                     if len(head) < _HEAD:
                         head += chunk[: _HEAD - len(head)]
             c = await anyio.to_thread.run_sync(
-                self._finalize, writer, work, digest.hexdigest(), size, sop, bytes(head)
-            )
+                self._finalize, writer, work, digest.hexdigest(), size, want, bytes(head),
+                None, None if want else sop,
+            )  # fmt: skip
         except BaseException:
             writer.abort()
             self._bytes(-size)

@@ -2,7 +2,9 @@
 
 Per series: object count and bytes against getSeriesSize, the SOP Instance UIDs against
 getSOPInstanceUIDs, and each file's header (pixels skipped) against the series and SOP UIDs
-it should hold; MD5 where known. A mismatch is a reported problem, never silently accepted.
+it should hold; its MD5 against the archive's (md5hashes.csv, the per-image endpoint, an ETag)
+where the archive stated one, else against the MD5 computed when it was fetched. A mismatch is
+a reported problem, never silently accepted.
 """
 
 from __future__ import annotations
@@ -11,9 +13,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tcia_mirror.errors import DataError
 from tcia_mirror.fs.dicomio import file_md5, read_ids
+from tcia_mirror.fs.layout import instance_filename
 from tcia_mirror.records import Problem, ProblemKind, totals_problems
+from tcia_mirror.sources.nbia.manifest import is_uid
 from tcia_mirror.store.base import InstanceState, SeriesState
+
+
+def _named_by(sop: str | None, name: str) -> bool:
+    try:
+        return sop is not None and instance_filename(sop) == name
+    except DataError:
+        return False
 
 
 @dataclass(slots=True)
@@ -65,7 +77,12 @@ def check_series(
             chk.add("not_dicom", expected=inst.sop_uid, found=inst.rel_path, sop=inst.sop_uid)
             chk.damaged.append(inst.sop_uid)
             continue
-        if ids.sop_uid != inst.sop_uid or ids.series_uid != series.uid:
+        # a key that is a SOP UID must be the header's; any file must be named by its header
+        # (bucket objects are keyed by object key and named by the SOP UID they hold)
+        named = _named_by(ids.sop_uid, path.name)
+        if not named or ids.series_uid != series.uid or (
+            is_uid(inst.sop_uid) and ids.sop_uid != inst.sop_uid
+        ):
             chk.add(
                 "header_mismatch",
                 expected=f"{series.uid}/{inst.sop_uid}",
@@ -74,8 +91,16 @@ def check_series(
             )
             chk.damaged.append(inst.sop_uid)
             continue
-        if deep and inst.md5 and file_md5(path) != inst.md5:
-            chk.add("md5_mismatch", expected=inst.md5, found="different content", sop=inst.sop_uid)
+        # the archive's MD5 where it stated one (the root of trust), else the one we computed
+        want, against = (
+            (inst.expected_md5, inst.md5_source or "archive")
+            if inst.expected_md5
+            else (inst.md5, "local")
+        )
+        if deep and want and (got := file_md5(path)) != want:
+            chk.add(
+                "md5_mismatch", expected=want, found=got, sop=inst.sop_uid, checked_against=against
+            )
             chk.damaged.append(inst.sop_uid)
             continue
         chk.found_count += 1

@@ -1,8 +1,9 @@
 """Atomic files: a file under its final name is always complete.
 
 :class:`AtomicWriter` writes into a temp file in the destination folder (so the final
-``os.replace`` never crosses file systems), named ``.<name>.<pid>.<random>.part`` so two processes
-(or two hosts on NFS, where file locks lie) never share one. Verify the temp file through
+``os.replace`` never crosses file systems), named ``.<name>.<pid>@<host>.<random>.part`` so two
+processes (or two hosts on NFS, where file locks lie) never share one, and a cleanup knows whose
+it is: :func:`cleanup_temp_files` never removes a temp file of a live process or of another host. Verify the temp file through
 :attr:`AtomicWriter.temp_path`, then :meth:`~AtomicWriter.commit`; any other exit removes it::
 
     with AtomicWriter(dest) as out:
@@ -24,6 +25,7 @@ import errno
 import os
 import re
 import secrets
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,10 +34,34 @@ from typing import BinaryIO
 
 from tcia_mirror.errors import DiskError
 
-__all__ = ["DEFAULT_OPS", "AtomicWriter", "FsOps", "cleanup_temp_files", "disk_error", "fsync_dir"]
+__all__ = [
+    "DEFAULT_OPS",
+    "AtomicWriter",
+    "FsOps",
+    "cleanup_taken_over",
+    "cleanup_temp_files",
+    "disk_error",
+    "fsync_dir",
+]
 
-_TEMP_RE = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{8}\.part$")
-_MAX_TEMP_STEM = 200  # keeps ".<stem>.<pid>.<rand>.part" under the 255-byte name limit
+# ".<name>.<pid>@<host>.<8 hex>.part"; names without "@<host>" are of earlier versions
+_TEMP_RE = re.compile(r"^\..+\.(\d+)(?:@([A-Za-z0-9-]+))?\.[0-9a-f]{8}\.part$")
+_MAX_TEMP_STEM = 160  # keeps ".<stem>.<pid>@<host>.<rand>.part" under the 255-byte name limit
+
+
+def host_tag() -> str:
+    """This host's name as it appears in temp file names (letters, digits and ``-``)."""
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:63] or "host"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, not ours to signal
+    return True
 
 
 def disk_error(exc: OSError, path: Path | str, mirror_dir: Path | str | None = None) -> DiskError:
@@ -103,7 +129,7 @@ class AtomicWriter:
         stem = self.dest.name
         if len(stem.encode("utf-8", errors="surrogatepass")) > _MAX_TEMP_STEM:
             stem = stem[: _MAX_TEMP_STEM // 4]
-        name = f".{stem}.{os.getpid()}.{secrets.token_hex(4)}.part"
+        name = f".{stem}.{os.getpid()}@{host_tag()}.{secrets.token_hex(4)}.part"
         self._temp = self.dest.with_name(name)
         self._done = False
         self.size = 0
@@ -202,15 +228,18 @@ class AtomicWriter:
 def cleanup_temp_files(root: Path) -> int:
     """Remove temp files left under ``root`` by crashed runs; return how many were removed.
 
-    Only names of the form ``.<name>.<pid>.<8 hex>.part`` are touched, and never those of the
-    current process (they may be in flight). Call it while holding the mirror lock.
+    Only our temp names are touched: those of a process of this host that is gone (and those
+    of earlier versions, which named no host), never one of another host (its writer may be
+    alive: see :func:`cleanup_taken_over`) nor of the current process (in flight).
     """
     removed = 0
-    own = str(os.getpid())
+    own, host = str(os.getpid()), host_tag()
     for folder, _dirs, files in os.walk(root):
         for name in files:
             m = _TEMP_RE.match(name)
             if m is None or m.group(1) == own:
+                continue
+            if m.group(2) is not None and (m.group(2) != host or _alive(int(m.group(1)))):
                 continue
             try:
                 os.unlink(os.path.join(folder, name))
@@ -219,4 +248,29 @@ def cleanup_temp_files(root: Path) -> int:
                 pass
             except OSError as exc:
                 raise disk_error(exc, os.path.join(folder, name)) from exc
+    return removed
+
+
+def cleanup_taken_over(folder: Path) -> int:
+    """Remove every temp file in one series folder but this process's own: the caller holds
+    the series' lease, so whoever wrote them (on any host) lost it. Returns how many."""
+    removed = 0
+    own = f"{os.getpid()}@{host_tag()}"
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return 0
+    except OSError as exc:
+        raise disk_error(exc, folder) from exc
+    for name in names:
+        m = _TEMP_RE.match(name)
+        if m is None or f"{m.group(1)}@{m.group(2)}" == own:
+            continue
+        try:
+            os.unlink(os.path.join(folder, name))
+            removed += 1
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise disk_error(exc, os.path.join(folder, name)) from exc
     return removed

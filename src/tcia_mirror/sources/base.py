@@ -33,11 +33,16 @@ UnitKind = Literal["archive", "object"]
 
 @dataclass(frozen=True, slots=True)
 class FetchUnit:
-    """One request's worth of a series: its archive, or one object (``key``: its source key)."""
+    """One request's worth of a series: its archive, or one object (``key``: its source key).
+
+    ``sop``: the SOP Instance UID the object must hold; None when it is known only once
+    fetched (a bucket object): the file is then named by its own header and recorded by key.
+    """
 
     series_uid: str
     kind: UnitKind
     key: str | None = None
+    sop: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +98,16 @@ class Source(Protocol):
         self, unit: FetchUnit, *, md5: bool
     ) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
         """The unit's bytes, streamed; raises a :class:`~tcia_mirror.errors.TciaMirrorError`."""
+        ...
+
+    def states_md5(self, unit: FetchUnit, *, md5: bool) -> str | None:
+        """Where the MD5s this unit's stream states for its files come from (an archive's
+        ``md5hashes.csv``), or None when it states none."""
+        ...
+
+    async def object_md5(self, unit: FetchUnit) -> tuple[str, str] | None:
+        """The MD5 the source states for one object, asked for separately, and where it
+        came from (e.g. ``getMD5HashForImage``); None when the source offers none."""
         ...
 
     def retryable(self, exc: BaseException) -> bool: ...

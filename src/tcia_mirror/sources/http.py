@@ -11,9 +11,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from typing import TypeVar
 
 import anyio
 
+T = TypeVar("T")
 Sleep = Callable[[float], Awaitable[None]]
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -71,3 +73,83 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
 
 async def real_sleep(seconds: float) -> None:
     await anyio.sleep(seconds)
+
+
+class AdaptiveLimiter:
+    """Requests at once: halved on a throttle signal (429, S3 ``SlowDown``) at most once a
+    second, raised by one after 8 successes in a row, never above the configured limit."""
+
+    def __init__(self, limit: int, clock: Callable[[], float] | None = None) -> None:
+        import time  # noqa: PLC0415
+
+        self.limit = max(1, limit)
+        self.limiter = anyio.CapacityLimiter(self.limit)
+        self._clock = clock or time.monotonic
+        self._ok_streak = 0
+        self._throttled_at = -1e9
+        self.throttled = 0
+
+    def set_limit(self, n: int) -> None:
+        self.limit = max(1, n)
+        self._ok_streak = 0
+        self.limiter.total_tokens = self.limit
+
+    def throttle(self) -> None:
+        self.throttled += 1
+        self._ok_streak = 0
+        now = self._clock()
+        if now - self._throttled_at >= 1.0:
+            self._throttled_at = now
+            self.limiter.total_tokens = max(1, int(self.limiter.total_tokens) // 2)
+
+    def succeeded(self) -> None:
+        if int(self.limiter.total_tokens) < self.limit:
+            self._ok_streak += 1
+            if self._ok_streak >= 8:
+                self._ok_streak = 0
+                self.limiter.total_tokens = int(self.limiter.total_tokens) + 1
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """What one try of a request came to, for :func:`retrying`: the error to raise if no try
+    is left, whether another try may help, the server's ``Retry-After`` and whether it was a
+    throttle signal."""
+
+    error: Exception
+    retry: bool = True
+    retry_after: float | None = None
+    throttle: bool = False
+
+
+async def retrying(
+    attempt: Callable[[], Awaitable[T | Failed]],
+    *,
+    policy: RetryPolicy,
+    limiter: AdaptiveLimiter | None = None,
+    sleep: Sleep = real_sleep,
+    rng: random.Random | None = None,
+    on_retry: Callable[[Failed], None] | None = None,
+) -> T:
+    """The one retry loop: call ``attempt`` (under ``limiter``) until it returns a value, or a
+    :class:`Failed` that may not be retried, or ``policy.attempts`` tries are spent. Waits
+    ``policy.wait`` between tries (``Retry-After`` honoured); a throttle halves the limiter."""
+    retry = 0
+    while True:
+        if limiter is not None:
+            async with limiter.limiter:
+                result = await attempt()
+        else:
+            result = await attempt()
+        if not isinstance(result, Failed):
+            if limiter is not None:
+                limiter.succeeded()
+            return result
+        if result.throttle and limiter is not None:
+            limiter.throttle()
+        retry += 1
+        if not result.retry or retry >= policy.attempts:
+            raise result.error
+        if on_retry is not None:
+            on_retry(result)
+        await sleep(policy.wait(retry, result.retry_after, rng))

@@ -97,7 +97,8 @@ class Store(Protocol):
     """The checkpoint store as the engine sees it (SQLite today; see ``tests/contract``)."""
 
     def lock(self) -> AbstractAsyncContextManager[None]:
-        """Hold the plan's series for this process (SQLite: all of them, under a file lock)."""
+        """Hold the plan for this process (SQLite: a file lock; PostgreSQL: nothing, series are
+        held by :meth:`claim`'s leases)."""
         ...
 
     async def aclose(self) -> None: ...
@@ -149,3 +150,30 @@ class Store(Protocol):
     async def summary(self) -> dict[str, dict[str, int]]:
         """Totals for status displays: series, instances and bytes, complete and total."""
         ...
+
+    # -- leases: how workers share a plan (SQLite: one process holds it all under lock()) ----
+
+    async def claim(self, owner: str, limit: int, lease: float) -> list[SeriesState]:
+        """Lease unfinished series to ``owner`` for ``lease`` seconds (renewed by
+        :meth:`heartbeat`); series whose lease ran out are taken over. SQLite hands out every
+        unfinished series on the first call and none after."""
+        ...
+
+    async def heartbeat(self, owner: str, lease: float) -> None:
+        """Extend ``owner``'s leases and connection slots by ``lease`` seconds from now."""
+        ...
+
+    async def release(self, uid: str) -> None:
+        """Give back the lease of a series whose outcome is recorded."""
+        ...
+
+    async def live_leases(self, owner: str) -> int:
+        """How many series other owners hold under a lease that has not run out."""
+        ...
+
+    async def acquire_slots(self, owner: str, want: int, lease: float, total: int) -> int:
+        """Take up to ``want`` of the archive's ``total`` connection slots shared by all
+        workers; how many ``owner`` holds now (SQLite, one process: ``want``)."""
+        ...
+
+    async def release_slots(self, owner: str) -> None: ...

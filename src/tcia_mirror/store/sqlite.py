@@ -604,10 +604,19 @@ class StateStore:
                 "coalesce(sum(done_bytes), 0) "
                 "FROM series"
             ).fetchone()
+            checked = conn.execute(
+                "SELECT count(*) FROM instance WHERE done AND expected_md5 IS NOT NULL"
+            ).fetchone()[0]
         n, complete, failed, pending, inst_total, inst_done, bytes_total, bytes_done = map(int, row)
         return {
             "series": {"total": n, "complete": complete, "failed": failed, "pending": pending},
-            "instances": {"total": inst_total, "complete": inst_done},
+            "instances": {
+                "total": inst_total,
+                "complete": inst_done,
+                # complete ones whose MD5 the archive stated; the rest carry only ours
+                "archive_md5": int(checked),
+                "local_md5": inst_done - int(checked),
+            },
             "bytes": {"total": bytes_total, "complete": bytes_done},
         }
 
@@ -720,6 +729,7 @@ class SqliteStore:
     def __init__(self, db: StateStore) -> None:
         self.db = db
         self._one = anyio.CapacityLimiter(1)
+        self._claimed = False  # claim() handed out the plan
 
     @classmethod
     async def open(cls, mirror_dir: Path, *, create: bool = True) -> SqliteStore:
@@ -789,3 +799,27 @@ class SqliteStore:
 
     async def summary(self) -> dict[str, dict[str, int]]:
         return await self._call(self.db.summary)
+
+    # -- leases: one process holds the whole plan under lock(), so claim hands out everything
+
+    async def claim(self, owner: str, limit: int, lease: float) -> list[SeriesState]:
+        """Every series not complete, in plan order, on the first call; nothing after."""
+        if self._claimed:
+            return []
+        self._claimed = True
+        return [s for s in await self.series() if s.status != "complete"]
+
+    async def heartbeat(self, owner: str, lease: float) -> None:
+        return None
+
+    async def release(self, uid: str) -> None:
+        return None
+
+    async def live_leases(self, owner: str) -> int:
+        return 0  # no other process works a plan held under the file lock
+
+    async def acquire_slots(self, owner: str, want: int, lease: float, total: int) -> int:
+        return want  # one process: --concurrency is its budget
+
+    async def release_slots(self, owner: str) -> None:
+        return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -64,6 +65,7 @@ class ClientConfig:
     connect_timeout: float = 30.0
     read_timeout: float = 300.0  # between two reads of one response
     max_connections: int = 16  # also the initial request concurrency; lowered on 429
+    s3_endpoint: str | None = None  # overrides every IDC bucket's endpoint (--s3-endpoint)
 
     @property
     def root(self) -> str:
@@ -480,6 +482,21 @@ class ArchiveClient:
     async def shared_list(self, name: str) -> list[Series]:
         return _keep(series_from_row(r) for r in await self.rows("ContentsByName", _p(name=name)))
 
+    async def image_md5(self, sop_uid: str) -> str | None:
+        """The MD5 the archive states for one instance, where the profile offers it.
+
+        Read liberally: the first 32 hex digits of the answer (plain text, JSON, CSV). An
+        answer without one, or a 400/404, is no statement (None)."""
+        name = self.profile.image_md5_endpoint
+        if not name or not self.profile.has(name):
+            return None
+        try:
+            resp = await self.raw(name, {"SOPInstanceUID": sop_uid})
+        except (BadRequestError, NotFoundError):
+            return None
+        found = _MD5_RE.search(resp.body.decode("utf-8", errors="replace"))
+        return found.group(0).lower() if found else None
+
     def image_request(self, series_uid: str, *, md5: bool = True) -> tuple[str, dict[str, str]]:
         """The endpoint and parameters that fetch a whole series as a ZIP (with MD5s if offered)."""
         if md5 and self.profile.md5_endpoint and self.profile.has(self.profile.md5_endpoint):
@@ -491,6 +508,9 @@ class ArchiveClient:
 
     def single_image_request(self, series_uid: str, sop_uid: str) -> tuple[str, dict[str, str]]:
         return "getSingleImage", {"SeriesInstanceUID": series_uid, "SOPInstanceUID": sop_uid}
+
+
+_MD5_RE = re.compile(r"(?<![0-9a-fA-F])[0-9a-fA-F]{32}(?![0-9a-fA-F])")
 
 
 def _p(**params: str | None) -> dict[str, str]:

@@ -68,6 +68,7 @@ class Profile:
     strict_params: bool = False
     md5_endpoint: str | None = None
     md5_params: Mapping[str, str] = field(default_factory=dict)
+    image_md5_endpoint: str | None = None  # one instance's MD5 (getM5HashForImage ...)
 
     def endpoint(self, name: str) -> EndpointSpec:
         """Look an endpoint up by its seed name or by this dialect's path name, case-insensitively."""
@@ -167,6 +168,7 @@ def load_profile(name_or_path: str = DEFAULT_PROFILE) -> Profile:
             strict_params=bool(raw.get("strict_params", False)),
             md5_endpoint=raw.get("md5_endpoint"),
             md5_params=dict(raw.get("md5_params", {})),
+            image_md5_endpoint=raw.get("image_md5_endpoint"),
         )
     except KeyError as exc:
         raise InputError(f"API profile {name_or_path} lacks required key {exc}") from None

@@ -44,7 +44,7 @@ def choose_units(series: SeriesView, mode: Mode) -> list[FetchUnit]:
         est = series.expected_bytes * len(missing) / n + PER_REQUEST_COST * len(missing)
         single = est < series.expected_bytes or series.archive_tries >= 2
     if single:
-        return [FetchUnit(series.uid, "object", sop) for sop in missing]
+        return [FetchUnit(series.uid, "object", sop, sop=sop) for sop in missing]
     return [FetchUnit(series.uid, "archive")]
 
 
@@ -87,11 +87,28 @@ class NbiaSource:
         async with self.client.open(endpoint, params) as resp:
             yield _body(resp, endpoint)
 
+    def states_md5(self, unit: FetchUnit, *, md5: bool) -> str | None:
+        if unit.kind != "archive" or not md5:
+            return None
+        endpoint, _params = self.client.image_request(unit.series_uid, md5=True)
+        return "md5hashes.csv" if endpoint == self.client.profile.md5_endpoint else None
+
+    async def object_md5(self, unit: FetchUnit) -> tuple[str, str] | None:
+        if unit.kind != "object" or unit.key is None:
+            return None
+        answer = await self.client.image_md5(unit.key)
+        return None if answer is None else (answer, answer_source(self.client))
+
     def retryable(self, exc: BaseException) -> bool:
         """Data that failed checks, transfers cut short, and archive errors worth retrying."""
         if isinstance(exc, DataError | TransferError):
             return True
         return isinstance(exc, RemoteError) and exc.status not in (400, 401, 403, 404)
+
+
+def answer_source(client: ArchiveClient) -> str:
+    """The per-image MD5 endpoint of the client's profile (its name is the MD5's source)."""
+    return client.profile.image_md5_endpoint or "getMD5HashForImage"
 
 
 async def _body(resp: aiohttp.ClientResponse, endpoint: str) -> AsyncIterator[bytes]:

@@ -20,7 +20,7 @@ __all__ = ["Dialect", "EndpointSpec", "QueryError", "endpoint_spec", "run_query"
 
 Dialect = Literal["v1", "v2", "v4", "v3"]
 Row = dict[str, object]
-Kind = Literal["query", "zip", "dicom"]
+Kind = Literal["query", "zip", "dicom", "md5"]
 
 
 class QueryError(Exception):
@@ -118,6 +118,10 @@ def _specs(dialect: Dialect) -> dict[str, EndpointSpec]:
                      description="Series released after a date"),
         EndpointSpec("getImageWithMD5Hash", "zip", ("SeriesInstanceUID",), _SERIES_UID,
                      _need("SeriesInstanceUID,"), "Images and md5hashes.csv in a zip file"),
+        # api-notes 5.7: one instance's MD5; v1/v2 spell it without the D
+        EndpointSpec("getMD5HashForImage" if v4 else "getM5HashForImage", "md5",
+                     ("SOPInstanceUID",), ("SOPInstanceUID",), _need("SOPInstanceUID,"),
+                     "MD5 hash of one image"),
     ]  # fmt: skip
     if not v4:
         specs += [

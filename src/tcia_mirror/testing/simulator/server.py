@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import hashlib
 import json
 import random
 import time
@@ -352,7 +353,18 @@ class Simulator:
             return await self._zip_endpoint(request, spec, dialect, params)
         if spec.kind == "dicom":
             return await self._single_image(request, dialect, params)
+        if spec.kind == "md5":
+            return self._image_md5(params["SOPInstanceUID"])
         return await self._query(request, spec, dialect, params)
+
+    def _image_md5(self, sop_uid: str) -> web.StreamResponse:
+        """The instance's MD5 as plain text (the real service's exact shape is not documented;
+        clients read the first 32 hex digits)."""
+        for (series_uid, sop), _i in self.dataset._sop_index.items():
+            if sop == sop_uid:
+                data = self.dataset.instance_bytes(series_uid, sop)
+                return _text(200, hashlib.md5(data, usedforsecurity=False).hexdigest())
+        return _text(404, "Not Found", "text/html")
 
     async def _query(
         self, request: web.Request, spec: EndpointSpec, dialect: Dialect, params: dict[str, str]
