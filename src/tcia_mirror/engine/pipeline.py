@@ -26,7 +26,6 @@ from tcia_mirror.records import Problem, ProblemKind
 from tcia_mirror.sources.base import FetchUnit, SeriesView, Source
 from tcia_mirror.sources.nbia.formats import parse_md5_csv
 from tcia_mirror.sources.nbia.zipstream import (
-    ArchiveEnd,
     EntryData,
     EntryEnd,
     EntryStart,
@@ -97,6 +96,7 @@ class SeriesWork:
     zip_untrusted: bool = False  # a ZIP of this series had entries we refused (unsafe names)
     problems: list[Problem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    names: dict[str, str] = field(default_factory=dict)  # file path -> object key naming it
 
     def missing(self) -> list[str]:
         return sorted(self.expected - self.done.keys())
@@ -127,6 +127,85 @@ class _Committed:
     md5: str
     writer: AtomicWriter = field(repr=False, compare=False)
     pending: bool = False  # checked, kept as a temp file until the archive's MD5 list came
+
+
+@dataclass(slots=True)
+class _Fed:
+    """What one chunk of a ZIP stream gave: entries to finalise and small entries' bodies."""
+
+    received: int = 0  # DICOM bytes received
+    finished: list[_Entry] = field(default_factory=list)  # complete, CRC right
+    crc_bad: list[tuple[str, int]] = field(default_factory=list)  # (entry name, its bytes)
+    license: bytes | None = None
+    md5_list: bytes | None = None
+
+
+class _ZipState:
+    """The byte work of one ZIP stream, run chunk by chunk in a worker thread: inflate, CRC,
+    MD5 and the writes of large entries. Entry names are never used as paths."""
+
+    def __init__(
+        self,
+        reader: ZipStreamReader,
+        series_dir: Path,
+        make_writer: Callable[[Path], AtomicWriter],
+    ) -> None:
+        self.reader = reader
+        self.series_dir = series_dir
+        self.make_writer = make_writer
+        self.kind = ""
+        self.name = ""
+        self.entry: _Entry | None = None
+        self.small = bytearray()
+        self.rejected: list[str] = []
+
+    def feed(self, chunk: bytes) -> _Fed:
+        out = _Fed()
+        for ev in self.reader.feed(chunk):
+            if isinstance(ev, EntryData):
+                if self.kind == "dicom":
+                    assert self.entry is not None
+                    self.entry.add(ev.data, self.make_writer)
+                    out.received += len(ev.data)
+                elif self.kind in ("license", "md5"):
+                    self.small += ev.data
+                    if len(self.small) > _SMALL_CAP:
+                        raise DataError(f"ZIP entry {self.name!r} is implausibly large")
+            elif isinstance(ev, EntryStart):
+                self._start(ev)
+            elif isinstance(ev, EntryEnd):
+                self._end(ev, out)
+        return out
+
+    def _start(self, ev: EntryStart) -> None:
+        self.name = ev.name
+        base = safe_entry_name(ev.name)
+        self.small.clear()
+        if base is None:
+            self.kind = "rejected"
+            self.rejected.append(ev.name)
+        elif base.upper() == "LICENSE":
+            self.kind = "license"
+        elif base.lower() == "md5hashes.csv":
+            self.kind = "md5"
+        else:
+            self.kind = "dicom"
+            self.entry = _Entry(ev.name, self.series_dir / f"entry-{ev.index:08d}.dcm")
+
+    def _end(self, ev: EntryEnd, out: _Fed) -> None:
+        if self.kind == "dicom":
+            assert self.entry is not None
+            e, self.entry = self.entry, None
+            if ev.crc_ok:
+                out.finished.append(e)
+            else:
+                e.discard()
+                out.crc_bad.append((self.name, e.size))
+        elif self.kind == "license" and ev.crc_ok:
+            out.license = bytes(self.small)
+        elif self.kind == "md5" and ev.crc_ok:
+            out.md5_list = bytes(self.small)
+        self.kind = ""
 
 
 class Fetcher:
@@ -223,8 +302,14 @@ class Fetcher:
             taken = record in work.done or (claimed is not None and record in claimed)
             if not taken and claimed is not None:
                 claimed.add(record)
-            # an object named by its header must not take the name of another object's file
-            twin = key is not None and any(r == rel for r, _s, _m in work.done.values())
+            # an object named by its header must not take the name of another object's file,
+            # committed or being committed at the same time (names are reserved under the lock)
+            twin = key is not None and (
+                work.names.get(rel, record) != record
+                or any(r == rel and k != record for k, (r, _s, _m) in work.done.items())
+            )
+            if key is not None and not twin:
+                work.names[rel] = record
         if twin:
             writer.abort()
             work.problem("duplicate_sop", expected=record, found=ids.sop_uid)
@@ -314,15 +399,9 @@ class Fetcher:
         stream goes on, at most ``_PIPELINE`` at once. Raises on a broken stream, after
         committing every entry that was complete, so the engine retries.
         """
-        series_dir = self._series_dir(work)
-        reader = ZipStreamReader(self.limits)
-        kind = ""
-        name = ""
-        entry: _Entry | None = None
-        small = bytearray()
+        zs = _ZipState(ZipStreamReader(self.limits), self._series_dir(work), self._writer)
         by_name: dict[str, _Committed] = {}
         archive_md5: dict[str, str] | None = None
-        rejected: list[str] = []
         claimed: set[str] = set()
         before = len(work.done)
         slots = anyio.Semaphore(_PIPELINE)
@@ -360,62 +439,31 @@ class Fetcher:
                 try:
                     async with self.source.open(unit, md5=self.md5) as body:
                         async for chunk in body:
-                            for ev in reader.feed(chunk):
-                                if isinstance(ev, EntryData):
-                                    if kind == "dicom":
-                                        assert entry is not None
-                                        entry.add(ev.data, self._writer)
-                                        self._bytes(len(ev.data))
-                                    elif kind in ("license", "md5"):
-                                        small += ev.data
-                                        if len(small) > _SMALL_CAP:
-                                            raise DataError(
-                                                f"ZIP entry {name!r} is implausibly large"
-                                            )
-                                elif isinstance(ev, EntryStart):
-                                    name = ev.name
-                                    base = safe_entry_name(ev.name)
-                                    small.clear()
-                                    if base is None:
-                                        kind = "rejected"
-                                        rejected.append(ev.name)
-                                    elif base.upper() == "LICENSE":
-                                        kind = "license"
-                                    elif base.lower() == "md5hashes.csv":
-                                        kind = "md5"
-                                    else:
-                                        kind = "dicom"
-                                        entry = _Entry(
-                                            ev.name, series_dir / f"entry-{ev.index:08d}.dcm"
-                                        )
-                                elif isinstance(ev, EntryEnd):
-                                    if kind == "dicom":
-                                        assert entry is not None
-                                        e, entry = entry, None
-                                        if not ev.crc_ok:
-                                            e.discard()
-                                            self._bytes(-e.size)
-                                            work.problem("crc_mismatch", found=name)
-                                        else:
-                                            await slots.acquire()
-                                            tg.start_soon(finish, e)
-                                    elif kind == "license" and ev.crc_ok:
-                                        await anyio.to_thread.run_sync(
-                                            self._write_license, work, bytes(small)
-                                        )
-                                    elif kind == "md5" and ev.crc_ok:
-                                        archive_md5 = parse_md5_csv(bytes(small))
-                                    kind = ""
-                                elif isinstance(ev, ArchiveEnd):
-                                    pass  # reader.close() below checks the archive ended
-                        reader.close()
+                            # inflate, CRC, MD5 and writes run in a worker thread (they release
+                            # the GIL): the event loop only moves bytes, both cores work
+                            fed = await anyio.to_thread.run_sync(zs.feed, chunk)
+                            if fed.received:
+                                self._bytes(fed.received)
+                            for bad, size in fed.crc_bad:
+                                self._bytes(-size)
+                                work.problem("crc_mismatch", found=bad)
+                            if fed.license is not None:
+                                await anyio.to_thread.run_sync(
+                                    self._write_license, work, fed.license
+                                )
+                            if fed.md5_list is not None:
+                                archive_md5 = parse_md5_csv(fed.md5_list)
+                            for e in fed.finished:
+                                await slots.acquire()
+                                tg.start_soon(finish, e)
+                        zs.reader.close()
                 except Exception as exc:  # let the finishers commit what was complete
                     stream_error = exc
             completed = True
         finally:
-            if entry is not None:  # the stream broke inside this entry
-                entry.discard()
-                self._bytes(-entry.size)
+            if zs.entry is not None:  # the stream broke inside this entry
+                zs.entry.discard()
+                self._bytes(-zs.entry.size)
             if stream_error is not None or not completed:
                 for c in pending.values():  # unconfirmed: never counted, never left behind
                     c.writer.abort()
@@ -425,10 +473,10 @@ class Fetcher:
             raise stream_error
         if pending:
             await self._confirm(work, pending, archive_md5 or {}, by_name)
-        if rejected:
+        if zs.rejected:
             work.zip_untrusted = True
-            work.notes.append(f"rejected {len(rejected)} ZIP entr(ies) with unsafe names")
-            work.problem("unsafe_entry_names", found=rejected[:5])
+            work.notes.append(f"rejected {len(zs.rejected)} ZIP entr(ies) with unsafe names")
+            work.problem("unsafe_entry_names", found=zs.rejected[:5])
         if archive_md5 is not None:
             await self._check_md5(work, by_name, archive_md5)
         return len(work.done) - before
@@ -521,7 +569,11 @@ class Fetcher:
                 await self.store.set_expected_md5(work.uid, {sop: md5}, where)
                 work.archive_md5[sop], work.md5_source[sop] = md5, where
         series_dir = self._series_dir(work)
-        temp = instance_filename(want) if want else f"object-{hashlib.sha1(sop.encode()).hexdigest()[:16]}.dcm"  # noqa: E501
+        temp = (
+            instance_filename(want)
+            if want
+            else f"object-{hashlib.sha1(sop.encode()).hexdigest()[:16]}.dcm"
+        )  # noqa: E501
         writer = self._writer(series_dir / temp)
         digest = hashlib.md5(usedforsecurity=False)
         size = 0

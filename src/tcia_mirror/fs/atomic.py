@@ -22,6 +22,7 @@ test can record them and pin their order: data fsynced, then renamed, then the f
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import re
 import secrets
@@ -49,6 +50,7 @@ _TEMP_RE = re.compile(r"^\..+\.(\d+)(?:@([A-Za-z0-9-]+))?\.[0-9a-f]{8}\.part$")
 _MAX_TEMP_STEM = 160  # keeps ".<stem>.<pid>@<host>.<rand>.part" under the 255-byte name limit
 
 
+@functools.cache
 def host_tag() -> str:
     """This host's name as it appears in temp file names (letters, digits and ``-``)."""
     return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:63] or "host"
