@@ -109,3 +109,23 @@ def test_a_failed_fsync_publishes_nothing(tmp_path: Path) -> None:
         w.commit()
     assert rec.steps() == [] and not dest.exists()
     assert [p.name for p in tmp_path.iterdir()] == []
+
+
+def test_sync_ahead_of_a_batch_rename_keeps_data_before_name(tmp_path: Path) -> None:
+    """A ZIP's files waiting for its MD5 list are synced as they complete, renamed later."""
+    rec = Recorder()
+    dest = tmp_path / "s" / "1.2.4.dcm"
+    with AtomicWriter(dest, opener=rec.opener, ops=rec.ops()) as w:
+        w.write(b"DICM")
+        w.sync()
+        assert rec.steps() == ["write", "flush", "fsync"]  # durable, not yet visible
+        assert not dest.exists()
+        w.commit(sync_dir=False)
+    steps = rec.steps()
+    assert steps.index("replace") > steps.index("fsync") and "fsync_dir" not in steps
+    rec2 = Recorder()
+    with AtomicWriter(tmp_path / "t.dcm", opener=rec2.opener, ops=rec2.ops(), fsync=False) as w2:
+        w2.write(b"x")
+        w2.sync()
+        w2.commit()
+    assert "fsync" not in rec2.steps()

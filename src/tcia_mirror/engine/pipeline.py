@@ -364,7 +364,10 @@ class Fetcher:
         if c is not None and not (defer and c.sop not in work.archive_md5):
             self._publish(c)
             return c
-        return c if c is None else replace(c, pending=True)
+        if c is None:
+            return None
+        writer.sync()  # durable now, in parallel with the stream: the batch rename is quick
+        return replace(c, pending=True)
 
     async def _record(self, work: SeriesWork, c: _Committed) -> None:
         await self.store.commit_instances(work.uid, [(c.sop, c.rel_path, c.size, c.md5)])
