@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tcia_mirror.errors import InputError
-from tcia_mirror.sources.idc.manifest import is_s5cmd, parse_s5cmd
+from tcia_mirror.sources.idc.manifest import BucketRef, is_s5cmd, parse_s5cmd
 from tcia_mirror.sources.nbia.manifest import is_uid, parse_manifest, parse_series_file
 
 _log = logging.getLogger("tcia_mirror")
@@ -40,6 +40,13 @@ class Selection:
 
     def is_empty(self) -> bool:
         return not (self.collection or self.shared_lists or self.series or self.bucket_series)
+
+    def s3_endpoint(self) -> str | None:
+        """The endpoint a ``.s5cmd`` manifest's header comment named (the first), else None."""
+        for text in self.bucket_series:
+            if (endpoint := BucketRef.from_text(text).endpoint) is not None:
+                return endpoint
+        return None
 
     def describe(self) -> str:
         parts: list[str] = []

@@ -8,7 +8,6 @@ every series it could not finish. Never a silent gap, never a wrong file under a
 from __future__ import annotations
 
 import errno
-import functools
 import hashlib
 import io
 import json
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import aiohttp
+import anyio
 import pytest
 from aiohttp import web
 
@@ -37,10 +37,8 @@ from reliability_kit import (
     walk_files,
 )
 from tcia_mirror.cli import run as cli_run
-from tcia_mirror.engine import pipeline as _fetcher
 from tcia_mirror.engine.mirror import DownloadOptions, Mirror, RunReport
-from tcia_mirror.errors import InputError, ProtocolError
-from tcia_mirror.fs.atomic import AtomicWriter
+from tcia_mirror.errors import DiskError, InputError, ProtocolError
 from tcia_mirror.progress import NullProgress
 from tcia_mirror.selection import Selection
 from tcia_mirror.sources.http import RetryPolicy
@@ -751,23 +749,20 @@ def failing_opener(budget: int, code: int = errno.ENOSPC) -> Callable[..., Binar
 
 @pytest.mark.parametrize("mode", ["zip", "single"])
 def test_disk_full_mid_run_keeps_everything_and_resumes(
-    sim_thread: SimThread,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-    mode: str,
+    sim_thread: SimThread, tmp_path: Path, mode: str
 ) -> None:
     ds = sim_thread.sim.dataset
     coll = ds.series[0].collection
     out = tmp_path / "m"
-    full = functools.partial(AtomicWriter, opener=failing_opener(24_000))
-    monkeypatch.setattr(_fetcher, "AtomicWriter", full)
-    argv = ["--out", str(out), "--no-progress", "--mode", mode, "--concurrency", "2"]
-    code = cli_run(["download", "--collection", coll, "--base-url", sim_thread.base_url(), *argv])
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert err.count("\n") == 1 and "disk full while writing" in err and "resume --out" in err
+    config = ClientConfig(profile=load_profile("nbia-v4"), base_url=sim_thread.base_url())
+    full = Mirror(out, config, opener=failing_opener(24_000))  # the disk fills up mid-run
+    opts = DownloadOptions(mode=mode, concurrency=2)  # type: ignore[arg-type]
+    with pytest.raises(DiskError) as raised:
+        anyio.run(lambda: full.download(Selection(collection=coll), opts))
+    err = str(raised.value)
+    assert "\n" not in err and "disk full while writing" in err and "resume --out" in err
     assert str(out) in err  # the advice names this mirror
+    argv = ["--out", str(out), "--no-progress", "--mode", mode, "--concurrency", "2"]
     truth = truth_by_sop(ds, coll_series(ds, coll))
     snap = read_store(out)
     assert 0 < len(snap.committed) < len(truth)
@@ -776,7 +771,7 @@ def test_disk_full_mid_run_keeps_everything_and_resumes(
     assert part_files(out) == []
     kept = {c.sop: (out / c.rel_path).stat().st_ino for c in snap.committed.values()}
     singles = {k: n for k, n in sim_thread.image_requests().items() if k[0] == "getSingleImage"}
-    monkeypatch.undo()  # space was freed
+    # space was freed: the CLI resumes with the real file opener
     assert cli_run(["resume", *argv]) == 0
     assert set(final_dicom_files(out)) == set(truth)
     assert_final_files_correct(out, truth)
@@ -787,21 +782,17 @@ def test_disk_full_mid_run_keeps_everything_and_resumes(
         assert sim_thread.image_requests().get(key, 0) == singles.get(key, 0)
 
 
-def test_read_only_file_system_is_a_disk_error(
-    sim_thread: SimThread,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
+def test_read_only_file_system_is_a_disk_error(sim_thread: SimThread, tmp_path: Path) -> None:
     def refuse(path: Any, mode: str) -> BinaryIO:
         raise OSError(errno.EROFS, "Read-only file system", str(path))
 
-    monkeypatch.setattr(_fetcher, "AtomicWriter", functools.partial(AtomicWriter, opener=refuse))
     uid = sim_thread.sim.dataset.series[0].series_uid
-    code = cli_run(["download", "--series", uid, "--out", str(tmp_path / "m"),
-                    "--base-url", sim_thread.base_url(), "--no-progress"])  # fmt: skip
-    err = capsys.readouterr().err
-    assert code == 2 and err.count("\n") == 1 and "read-only file system" in err
+    config = ClientConfig(profile=load_profile("nbia-v4"), base_url=sim_thread.base_url())
+    mirror = Mirror(tmp_path / "m", config, opener=refuse)  # the pipeline's injected file opener
+    with pytest.raises(DiskError) as err:
+        anyio.run(lambda: mirror.download(Selection(series=(uid,))))
+    message = str(err.value)
+    assert "\n" not in message and "read-only file system" in message
 
 
 # -- secrets -----------------------------------------------------------------------------------

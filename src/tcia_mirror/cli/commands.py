@@ -139,6 +139,15 @@ def add_engine_commands(sub: Any, conn: argparse.ArgumentParser) -> None:
 
     y = sub.add_parser("sync", parents=[conn, out, run], help="fetch what is new or changed")
     y.add_argument("--since", metavar="YYYY-MM-DD")
+    y.add_argument(
+        "--manifest",
+        dest="manifests",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a newer manifest: its bucket series replace the recorded ones; series it no "
+        "longer lists are reported and kept",
+    )
     y.add_argument("--json", action="store_true")
     y.set_defaults(func=_cmd_sync)
 
@@ -213,6 +222,11 @@ def _print_report(args: argparse.Namespace, report: RunReport) -> int:
             print(
                 f"  problem: series {p['series']}: {p['kind']} (expected {p.get('expected')}, found {p.get('found')})"
             )
+    if report.no_longer_listed and not getattr(args, "json", False):
+        gone = report.no_longer_listed
+        print(f"no longer listed, kept ({len(gone)}):")
+        for name in gone[:20]:
+            print(f"  {name}")
     return report.exit_code
 
 
@@ -351,7 +365,8 @@ def _cmd_sync(args: argparse.Namespace) -> int:
             since = datetime.strptime(args.since, "%Y-%m-%d").date()
         except ValueError:
             raise InputError(f"--since {args.since!r}: expected a date as YYYY-MM-DD") from None
-    return _existing_mirror_run(args, lambda m: m.sync(since, _options(args)))
+    selection = build_selection(manifests=args.manifests) if args.manifests else None
+    return _existing_mirror_run(args, lambda m: m.sync(since, _options(args), selection=selection))
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
@@ -394,6 +409,14 @@ def _cmd_status(args: argparse.Namespace) -> int:
             print(
                 f"MD5: {i['archive_md5']} of {i['complete']} files checked against the archive's, "
                 f"{i['local_md5']} against ours only"
+            )
+        if summary.get("sources"):
+            print(
+                "sources: "
+                + ", ".join(
+                    f"{name} {c['complete']}/{c['total']} series complete"
+                    for name, c in summary["sources"].items()
+                )
             )
     done = summary["series"]["complete"] == summary["series"]["total"]
     return 0 if done else 1

@@ -9,6 +9,11 @@ run that fetches adopts it instead of fetching it again, when
 * its file name is that SOP UID's (:func:`~._layout.instance_filename`);
 * its size, and its MD5 where the store or the archive knows one, are the known ones.
 
+A series keyed by object key (bucket objects: the SOP UID is learnt from the header) names no
+file by its keys: every unrecorded file of its folder is examined, and one is adopted as the
+missing object whose listed size it has and whose MD5 matches the listing's ETag where that is
+a plain MD5 (without one, only when its size singles out one object).
+
 A file named like a missing instance that fails a check is left alone and reported: it is not
 ours to delete, and the refetch of that instance replaces it atomically. Other files are not
 looked at (a layout may put several series in one folder: their files are not this series').
@@ -28,6 +33,7 @@ from pathlib import Path
 from tcia_mirror.errors import DataError
 from tcia_mirror.fs.dicomio import DicomIds, ids_from_head, read_ids
 from tcia_mirror.fs.layout import instance_filename
+from tcia_mirror.sources.nbia.manifest import is_uid
 from tcia_mirror.store.base import InstanceState
 
 __all__ = ["Adoption", "examine", "unrecorded_files"]
@@ -73,8 +79,11 @@ def unrecorded_files(
     if not names:
         return []
     if missing is not None:
-        wanted = {_filename(sop) for sop in missing}
-        return sorted(n for n in names if n in wanted)
+        keys = list(missing)
+        if all(is_uid(k) for k in keys):  # every missing key is a SOP UID: it names its file
+            wanted = {_filename(sop) for sop in keys}
+            return sorted(n for n in names if n in wanted)
+        # keys that name no file (bucket objects, named by their header): any unrecorded file
     done = set(recorded)
     return sorted(n for n in names if f"{rel_dir}/{n}" not in done)
 
@@ -131,7 +140,9 @@ def _refusal(
     if _filename(sop) != name:
         return f"its header names SOP {sop}"
     if known and sop not in known:
-        return "its SOP UID is not in the series' instance list"
+        if all(is_uid(k) for k in known):  # keyed by SOP UID: not one of the series'
+            return "its SOP UID is not in the series' instance list"
+        return _adopt_object(path, rel_dir, known, done, archive_md5, out)
     if sop in done:
         return "its SOP UID is recorded at another path"
     inst = known.get(sop)
@@ -145,6 +156,42 @@ def _refusal(
     if want is not None and md5 != want:
         return f"MD5 {md5} where {want} is known"
     out.adopted.append((sop, f"{rel_dir}/{name}", size, md5))
+    return None
+
+
+def _adopt_object(
+    path: Path,
+    rel_dir: str,
+    known: Mapping[str, InstanceState],
+    done: Collection[str],
+    archive_md5: Mapping[str, str],
+    out: Adoption,
+) -> str | None:
+    """A file of a series keyed by object key (its SOP UID is known only from its header):
+    adopted as the one missing object whose listed size it has and whose MD5 it has where the
+    listing stated one (a plain-MD5 ETag). Without a stated MD5, only when its size singles out
+    one object; else it is left, and the refetch replaces it."""
+    size = path.stat().st_size
+    taken = {a[0] for a in out.adopted}
+    fits = [
+        k for k, i in known.items() if k not in done and k not in taken and i.expected_size == size
+    ]
+    if not fits:
+        return f"no missing object of the series is {size} bytes"
+    md5, hashed = _md5(path)
+    if hashed != size:
+        return "it changed while being read"
+    stated = {k: archive_md5.get(k) or known[k].expected_md5 for k in fits}
+    same = [k for k in fits if stated[k] == md5]
+    if len(same) == 1:
+        key = same[0]
+    elif not same and len(fits) == 1 and not stated[fits[0]]:
+        key = fits[0]
+    elif same:
+        return f"its MD5 {md5} is stated for {len(same)} objects"
+    else:
+        return f"no missing object of its size has its MD5 ({md5}), or its size is not unique"
+    out.adopted.append((key, f"{rel_dir}/{path.name}", size, md5))
     return None
 
 

@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import date
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import anyio
@@ -66,6 +66,7 @@ T = TypeVar("T")
 PLAN_CONCURRENCY = 32  # planning requests at once (at least; 2 x --concurrency when larger)
 META_FIELDS = ("selection", "layout", "api", "base_url", "s3_endpoint", "last_sync")
 MAX_CONNECTIONS_TOTAL = 16  # the default budget of archive connections across all workers
+IDLE_LOOK = 2.0  # seconds between looks of a worker with nothing to lease while others work
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +107,7 @@ class Mirror:
         after_rename: Callable[[Path], None] | None = None,
         open_store: Callable[..., Awaitable[Store]] = SqliteStore.open,
         make_source: Callable[[ArchiveClient], Source] = default_source,
+        opener: Callable[..., BinaryIO] = open,
     ) -> None:
         self.root = Path(out)
         self.config = config
@@ -115,6 +117,7 @@ class Mirror:
         self._after_rename = after_rename  # test seam: see Fetcher
         self._open_store_with = open_store  # the Store backend (tests/contract)
         self._make_source = make_source  # the Source backend (tests/contract)
+        self._opener = opener  # how temp files are opened (tests inject ENOSPC, EROFS)
         # this process's name on leases and connection slots (temp files carry host and pid too)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
@@ -159,13 +162,19 @@ class Mirror:
         await store.set_meta("layout", spec)
         return layout
 
-    async def _record_connection(self, store: Store) -> None:
+    async def _record_connection(self, store: Store, selection: Selection | None = None) -> None:
         if self.config is not None:
             await store.set_meta("api", self.config.profile.name)
             if self.config.base_url:  # a password in the URL is never stored
                 await store.set_meta("base_url", _without_password(self.config.base_url))
             if self.config.s3_endpoint:  # buckets are anonymous: the endpoint is no secret
                 await store.set_meta("s3_endpoint", _without_password(self.config.s3_endpoint))
+            elif (
+                selection is not None
+                and (named := selection.s3_endpoint())
+                and not await store.get_meta("s3_endpoint")
+            ):  # the endpoint a manifest's header named, recorded as if given by flag
+                await store.set_meta("s3_endpoint", _without_password(named))
 
     # -- plan --------------------------------------------------------------------------------
     async def _plan_into(
@@ -204,12 +213,13 @@ class Mirror:
         """Expand the selection and record the plan; fetch nothing."""
         store = await self._open_store(create=True)
         async with store, store.lock():
+            await self._refuse_while_workers_run(store, "plan")
             recorded = await store.get_meta("selection")
             if recorded:
                 selection = Selection.from_json(recorded).union(selection)
             lay = await self._layout(store, layout)
             await self._record_budget(store, max_connections_total)
-            await self._record_connection(store)
+            await self._record_connection(store, selection)
             async with self._client(concurrency) as client:
                 return await self._plan_into(
                     store, self._make_source(client), selection, lay, concurrency
@@ -229,6 +239,18 @@ class Mirror:
         """Work the recorded plan as one of many workers: lease series, fetch, commit, release;
         return when nothing is left to lease and no other worker holds a live lease."""
         return await self._run("work", None, options)
+
+    async def _refuse_while_workers_run(self, store: Store, command: str) -> None:
+        """A shared plan (PostgreSQL) is not re-planned or verified under running workers: a
+        re-plan can add instances to a series a worker holds (which it would then mark complete
+        without them), and verify would check, and forget, files a worker is writing. The
+        SQLite file lock already keeps them apart (``live_leases`` is 0 there)."""
+        if n := await store.live_leases(self.owner):
+            raise StateError(
+                f"{n} series are leased by running workers; `{command}` waits until they have "
+                "finished or stopped (a stopped worker gives its series back; a killed one's "
+                "expire after --lease seconds); `tcia-mirror status` shows them as workers"
+            )
 
     async def _record_budget(self, store: Store, total: int | None) -> None:
         if total is not None and total < 1:
@@ -270,10 +292,17 @@ class Mirror:
                 await store.release_slots(self.owner)
 
     async def sync(
-        self, since: date | None = None, options: DownloadOptions | None = None
+        self,
+        since: date | None = None,
+        options: DownloadOptions | None = None,
+        *,
+        selection: Selection | None = None,
     ) -> RunReport:
-        """Bring the mirror up to date with its recorded selection: new and changed series."""
-        return await self._run("sync", None, options, since=since)
+        """Bring the mirror up to date with its recorded selection: new and changed series.
+
+        ``selection``: a newer manifest. Its bucket series replace the recorded ones (other
+        selectors are added); series the plan no longer lists are reported and kept."""
+        return await self._run("sync", selection, options, since=since)
 
     async def _run(
         self,
@@ -300,11 +329,14 @@ class Mirror:
                     )
                 selection = Selection.from_json(recorded)
             elif recorded:
-                selection = Selection.from_json(recorded).union(selection)
+                base = Selection.from_json(recorded)
+                if command == "sync" and selection.bucket_series:
+                    base = replace(base, bucket_series=())  # a newer manifest replaces the old
+                selection = base.union(selection)
             report = RunReport(command, str(self.root), selection.describe(), now())
             report.dry_run = opts.dry_run
             layout = await self._layout(store, opts.layout)
-            await self._record_connection(store)
+            await self._record_connection(store, selection)
             if command == "work" and not await store.get_meta("planned"):
                 raise StateError(
                     f"{self.root} has no finished plan; record one with `tcia-mirror plan`"
@@ -344,6 +376,11 @@ class Mirror:
                         client,
                     )
                     report.missing = plan.missing + _unmatched(selection, plan)
+                    if command == "sync":  # kept, with their files; reported
+                        listed = {p.uid for p in plan.series}
+                        report.no_longer_listed = [
+                            _series_name(s) for s in await store.series() if s.uid not in listed
+                        ]
                 states = await store.series()
                 report.planned_series = len(states)
                 report.planned_instances = sum(s.expected_count or 0 for s in states)
@@ -481,7 +518,9 @@ class Mirror:
                 continue
             if not others:
                 return
-            await anyio.sleep(opts.lease / 3)
+            # others still work: look again soon (the last series may end any moment), and
+            # at least as often as a stale lease could be taken over
+            await anyio.sleep(min(opts.lease / 3, IDLE_LOOK))
 
     async def _fetch_round(
         self, store: Store, source: Source, opts: DownloadOptions, report: RunReport
@@ -501,6 +540,7 @@ class Mirror:
             md5=opts.md5,
             fsync=opts.fsync,
             after_rename=self._after_rename,
+            opener=self._opener,
         )
         summary = await store.summary()
         self.progress.on_start(
@@ -668,6 +708,7 @@ class Mirror:
 
         store = await self._open_store(create=False)
         async with store, store.lock():
+            await self._refuse_while_workers_run(store, "verify")
             states = await store.series()
             changed: list[dict[str, Any]] = []
             if remote:
@@ -717,9 +758,20 @@ class Mirror:
             return [s.uid for s in await store.series() if s.status == "failed"]
 
     async def status(self) -> dict[str, Any]:
+        """The store's summary, and under ``sources`` the series of each source (``nbia``,
+        ``idc:<bucket>``) by status."""
         store = await self._open_store(create=False)
         async with store:
-            return await store.summary()
+            summary: dict[str, Any] = dict(await store.summary())
+            sources: dict[str, dict[str, int]] = {}
+            for s in await store.series():
+                counts = sources.setdefault(
+                    s.source, {"total": 0, "complete": 0, "failed": 0, "pending": 0}
+                )
+                counts["total"] += 1
+                counts[s.status if s.status in counts else "pending"] += 1
+            summary["sources"] = dict(sorted(sources.items()))
+            return summary
 
 
 def _unmatched(selection: Selection, plan: PlanResult) -> list[str]:
@@ -731,6 +783,12 @@ def _unmatched(selection: Selection, plan: PlanResult) -> list[str]:
     if not plan.series and selection.shared_lists:
         return [f"shared list {n}: no series" for n in selection.shared_lists]
     return []
+
+
+def _series_name(s: SeriesState) -> str:
+    """A series as reports name it: its UID, and the bucket folder it came from, if any."""
+    folder = s.fields.get("BucketFolder")
+    return f"{s.uid} ({folder})" if folder else s.uid
 
 
 def _without_password(url: str) -> str:

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import anyio
 
@@ -220,8 +220,10 @@ class Fetcher:
         fsync: bool = True,
         limits: ZipLimits | None = None,
         after_rename: Callable[[Path], None] | None = None,
+        opener: Callable[..., BinaryIO] = open,
     ) -> None:
         self.source = source
+        self._opener = opener  # how temp files are opened (tests inject ENOSPC, EROFS)
         self.store = store
         self.root = root
         self.progress = progress
@@ -249,7 +251,7 @@ class Fetcher:
         return d
 
     def _writer(self, dest: Path) -> AtomicWriter:
-        return AtomicWriter(dest, fsync=self.fsync, mirror_dir=self.root)
+        return AtomicWriter(dest, fsync=self.fsync, mirror_dir=self.root, opener=self._opener)
 
     def _check(
         self,

@@ -41,6 +41,8 @@ class RunReport:
     series: list[dict[str, Any]] = field(default_factory=list)
     problems: list[dict[str, Any]] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
+    # sync: series of the mirror its selection no longer lists (kept, never deleted)
+    no_longer_listed: list[str] = field(default_factory=list)
     planned_series: int = 0
     planned_instances: int = 0
     planned_bytes: int = 0
@@ -86,6 +88,11 @@ class RunReport:
                 line += f" and {len(self.failed) - 5} more"
         if self.missing:
             line += f"; not on the archive: {', '.join(self.missing[:5])}"
+        if self.no_longer_listed:
+            gone = self.no_longer_listed
+            line += f"; no longer listed (kept): {', '.join(gone[:5])}"
+            if len(gone) > 5:
+                line += f" and {len(gone) - 5} more"
         return line
 
 
@@ -146,6 +153,7 @@ def write_metadata_csv(root: Path, series: Iterable[SeriesState]) -> None:
             "FoundBytes",
             "Status",
             "Path",
+            "Source",
         ]
     )
     for s in series:
@@ -163,6 +171,7 @@ def write_metadata_csv(root: Path, series: Iterable[SeriesState]) -> None:
                 s.done_bytes,
                 s.status,
                 s.rel_dir or "",
+                s.source,
             ]
         )
     with AtomicWriter(root / "metadata.csv", fsync=False) as w:

@@ -47,7 +47,24 @@ def check_series(
     *,
     deep: bool = True,
 ) -> SeriesCheck:
-    """Check one series folder. Pure disk work (safe to run in a thread)."""
+    """Check one series folder. Pure disk work (safe to run in a thread).
+
+    A series from a bucket is named by its SeriesInstanceUID, with its bucket folder beside
+    it in each problem (``bucket_folder``)."""
+    chk = _check(root, series, instances, deep=deep)
+    if folder := series.fields.get("BucketFolder"):
+        for problem in chk.problems:
+            problem.extra.setdefault("bucket_folder", folder)
+    return chk
+
+
+def _check(
+    root: Path,
+    series: SeriesState,
+    instances: list[InstanceState],
+    *,
+    deep: bool,
+) -> SeriesCheck:
     chk = SeriesCheck(series.uid)
     if series.rel_dir is None:
         chk.add("not_downloaded", expected=series.expected_count, found=0)
@@ -80,8 +97,10 @@ def check_series(
         # a key that is a SOP UID must be the header's; any file must be named by its header
         # (bucket objects are keyed by object key and named by the SOP UID they hold)
         named = _named_by(ids.sop_uid, path.name)
-        if not named or ids.series_uid != series.uid or (
-            is_uid(inst.sop_uid) and ids.sop_uid != inst.sop_uid
+        if (
+            not named
+            or ids.series_uid != series.uid
+            or (is_uid(inst.sop_uid) and ids.sop_uid != inst.sop_uid)
         ):
             chk.add(
                 "header_mismatch",

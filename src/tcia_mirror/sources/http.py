@@ -1,4 +1,9 @@
-"""Retry policy: capped exponential backoff with jitter, ``Retry-After`` honoured.
+"""The one HTTP retry layer both sources share (the NBIA archive client, the S3 client).
+
+Capped exponential backoff with jitter, ``Retry-After`` honoured, and adaptive concurrency: a
+throttle signal (429, S3 ``SlowDown``) halves the requests allowed at once. A source says what
+one try came to (a value, or :class:`Failed`); :func:`retrying` and :func:`retrying_open` decide
+whether and when to try again.
 
 The clock, the sleep and the random source are injectable so tests assert exact schedules
 without waiting.
@@ -7,7 +12,8 @@ without waiting.
 from __future__ import annotations
 
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -89,6 +95,11 @@ class AdaptiveLimiter:
         self._throttled_at = -1e9
         self.throttled = 0
 
+    @property
+    def current(self) -> int:
+        """Requests allowed at once right now (lowered while the server throttles us)."""
+        return int(self.limiter.total_tokens)
+
     def set_limit(self, n: int) -> None:
         self.limit = max(1, n)
         self._ok_streak = 0
@@ -122,6 +133,43 @@ class Failed:
     throttle: bool = False
 
 
+class _Tries:
+    """The tries of one request: after a failed one, throttle, give up or wait."""
+
+    def __init__(
+        self,
+        policy: RetryPolicy,
+        limiter: AdaptiveLimiter | None,
+        sleep: Sleep,
+        rng: random.Random | None,
+        on_retry: Callable[[Failed], None] | None,
+    ) -> None:
+        self.policy = policy
+        self.limiter = limiter
+        self.sleep = sleep
+        self.rng = rng
+        self.on_retry = on_retry
+        self.retry = 0
+
+    def slot(self) -> AbstractAsyncContextManager[object]:
+        return self.limiter.limiter if self.limiter is not None else nullcontext()
+
+    def succeeded(self) -> None:
+        if self.limiter is not None:
+            self.limiter.succeeded()
+
+    async def failed(self, result: Failed) -> None:
+        """Raise ``result.error`` when no try is left or another cannot help, else wait."""
+        if result.throttle and self.limiter is not None:
+            self.limiter.throttle()
+        self.retry += 1
+        if not result.retry or self.retry >= self.policy.attempts:
+            raise result.error
+        if self.on_retry is not None:
+            self.on_retry(result)
+        await self.sleep(self.policy.wait(self.retry, result.retry_after, self.rng))
+
+
 async def retrying(
     attempt: Callable[[], Awaitable[T | Failed]],
     *,
@@ -134,22 +182,39 @@ async def retrying(
     """The one retry loop: call ``attempt`` (under ``limiter``) until it returns a value, or a
     :class:`Failed` that may not be retried, or ``policy.attempts`` tries are spent. Waits
     ``policy.wait`` between tries (``Retry-After`` honoured); a throttle halves the limiter."""
-    retry = 0
+    tries = _Tries(policy, limiter, sleep, rng, on_retry)
     while True:
-        if limiter is not None:
-            async with limiter.limiter:
-                result = await attempt()
-        else:
+        async with tries.slot():
             result = await attempt()
         if not isinstance(result, Failed):
-            if limiter is not None:
-                limiter.succeeded()
+            tries.succeeded()
             return result
-        if result.throttle and limiter is not None:
-            limiter.throttle()
-        retry += 1
-        if not result.retry or retry >= policy.attempts:
-            raise result.error
-        if on_retry is not None:
-            on_retry(result)
-        await sleep(policy.wait(retry, result.retry_after, rng))
+        await tries.failed(result)
+
+
+@asynccontextmanager
+async def retrying_open(
+    attempt: Callable[[], Awaitable[T | Failed]],
+    release: Callable[[T], object],
+    *,
+    policy: RetryPolicy,
+    limiter: AdaptiveLimiter | None = None,
+    sleep: Sleep = real_sleep,
+    rng: random.Random | None = None,
+    on_retry: Callable[[Failed], None] | None = None,
+) -> AsyncIterator[T]:
+    """:func:`retrying` for a response whose body the caller streams: the limiter's slot is
+    held until the caller's block ends (a body being read counts against concurrency), then
+    ``release`` is called on the response. Errors raised in the block are not retried."""
+    tries = _Tries(policy, limiter, sleep, rng, on_retry)
+    while True:
+        async with tries.slot():
+            result = await attempt()
+            if not isinstance(result, Failed):
+                tries.succeeded()
+                try:
+                    yield result
+                finally:
+                    release(result)
+                return
+        await tries.failed(result)

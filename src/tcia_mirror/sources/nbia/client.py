@@ -1,4 +1,4 @@
-"""The archive client: one aiohttp session per run, every endpoint of the profile, retries.
+"""The archive client: one aiohttp session per run, every endpoint of the profile.
 
 ``ArchiveClient`` speaks any dialect described by a :class:`~tcia_mirror.sources.nbia.profiles.Profile`.
 Query endpoints return records whatever format the server answered in; image endpoints are
@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import random
 import re
-import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -19,7 +18,6 @@ from typing import Any
 from urllib.parse import urljoin
 
 import aiohttp
-import anyio
 
 from tcia_mirror import __version__
 from tcia_mirror.errors import (
@@ -35,10 +33,14 @@ from tcia_mirror.errors import (
 )
 from tcia_mirror.sources.http import (
     RETRY_STATUSES,
+    AdaptiveLimiter,
+    Failed,
     RetryPolicy,
     Sleep,
     parse_retry_after,
     real_sleep,
+    retrying,
+    retrying_open,
 )
 from tcia_mirror.sources.nbia.auth import Credentials, TokenManager, resolve_token_url
 from tcia_mirror.sources.nbia.convert import (
@@ -158,11 +160,7 @@ class ArchiveClient:
         self._rng = rng or random.Random()
         self._session = session
         self._own_session = session is None
-        self._limit = max(1, self.config.max_connections)
-        self._limiter = anyio.CapacityLimiter(self._limit)
-        self._ok_streak = 0
-        self.throttled = 0  # 429 answers seen
-        self._throttled_at = -1e9
+        self.limiter = AdaptiveLimiter(self.config.max_connections)
         self.retries = 0  # retried requests (all causes)
         self._tokens: TokenManager | None = None
         if self.profile.auth == "oauth":
@@ -213,14 +211,17 @@ class ArchiveClient:
 
     def set_concurrency(self, n: int) -> None:
         """Change how many requests may run at once (e.g. wide for planning, then transfers)."""
-        self._limit = max(1, n)
-        self._ok_streak = 0
-        self._limiter.total_tokens = self._limit
+        self.limiter.set_limit(n)
 
     @property
     def concurrency(self) -> int:
         """Requests allowed at once right now (lowered while the archive throttles us)."""
-        return int(self._limiter.total_tokens)
+        return self.limiter.current
+
+    @property
+    def throttled(self) -> int:
+        """429 answers seen."""
+        return self.limiter.throttled
 
     # -- request machinery -------------------------------------------------------------------
     def url_for(self, spec: EndpointSpec, *, metadata: bool = False) -> str:
@@ -240,23 +241,6 @@ class ArchiveClient:
             return await self._tokens.header(self.session)
         return {}
 
-    def _throttle(self) -> None:
-        """Halve concurrency on 429, at most once a second: a burst of 429s answering the
-        requests already in flight is one signal, not one per request."""
-        self.throttled += 1
-        self._ok_streak = 0
-        now = time.monotonic()
-        if now - self._throttled_at >= 1.0:
-            self._throttled_at = now
-            self._limiter.total_tokens = max(1, int(self._limiter.total_tokens) // 2)
-
-    def _succeeded(self) -> None:
-        if int(self._limiter.total_tokens) < self._limit:
-            self._ok_streak += 1
-            if self._ok_streak >= 8:
-                self._ok_streak = 0
-                self._limiter.total_tokens = int(self._limiter.total_tokens) + 1
-
     @asynccontextmanager
     async def open(
         self,
@@ -267,68 +251,74 @@ class ArchiveClient:
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """Open a response with status 2xx, retrying what may pass; the body is left to the caller.
 
-        Retries connection errors, 5xx and 429 (honouring ``Retry-After``, lowering concurrency),
-        refreshes an OAuth token once on 401. Errors are mapped by :func:`error_for_status`.
+        The retry policy is the shared layer's (:func:`~tcia_mirror.sources.http.retrying_open`):
+        connection errors, 5xx and 429 are retried (``Retry-After`` honoured, 429 lowering
+        concurrency); here, an OAuth token is refreshed once on 401 and the request asked again
+        at once. Errors are mapped by :func:`error_for_status`.
         """
         spec = self.profile.endpoint(endpoint)
         wire = spec.wire_params(dict(params or {}))
         url = self.url_for(spec, metadata=metadata)
-        policy = self.config.retry
-        retry = 0
         reauthed = False
-        while True:
-            query = dict(wire)
-            wait_hint: float | None = None
-            failure: RemoteError
-            try:
-                headers = await self._auth(query)
-            except (ServerError, RateLimitedError, UnreachableError) as exc:
-                failure = exc  # the token endpoint had a hiccup: retry like any request
-            else:
-                async with self._limiter:
-                    try:
-                        resp = await self.session.get(url, params=query, headers=headers)
-                    except (aiohttp.ClientError, TimeoutError) as exc:
-                        failure = UnreachableError(
+
+        async def attempt() -> aiohttp.ClientResponse | Failed:
+            nonlocal reauthed
+            while True:
+                query = dict(wire)
+                try:
+                    headers = await self._auth(query)
+                except (ServerError, RateLimitedError, UnreachableError) as exc:
+                    return Failed(exc)  # the token endpoint had a hiccup: retry like any request
+                try:
+                    resp = await self.session.get(url, params=query, headers=headers)
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    return Failed(
+                        UnreachableError(
                             f"{spec.name}: the archive at {self.config.root} did not answer "
                             f"({type(exc).__name__}); check --base-url and your network"
                         )
-                    else:
-                        if resp.status < 300:
-                            self._succeeded()
-                            try:
-                                yield resp
-                            finally:
-                                resp.release()
-                            return
-                        try:
-                            body = await resp.read()
-                        except (aiohttp.ClientError, TimeoutError):
-                            body = b""
-                        finally:
-                            resp.release()
-                        wait_hint = parse_retry_after(resp.headers.get("Retry-After"))
-                        if resp.status == 401 and self._tokens is not None and not reauthed:
-                            reauthed = True
-                            self._tokens.invalidate()
-                            continue
-                        failure = error_for_status(
-                            resp.status,
-                            body,
-                            spec.name,
-                            auth=self.profile.auth,
-                            retry_after=wait_hint,
-                            secrets=self.secrets(),
-                        )
-                        if resp.status == 429:
-                            self._throttle()
-                        if resp.status not in RETRY_STATUSES:
-                            raise failure
-            retry += 1
-            if retry >= policy.attempts:
-                raise failure
-            self.retries += 1
-            await self._sleep(policy.wait(retry, wait_hint, self._rng))
+                    )
+                if resp.status < 300:
+                    return resp
+                try:
+                    body = await resp.read()
+                except (aiohttp.ClientError, TimeoutError):
+                    body = b""
+                finally:
+                    resp.release()
+                wait_hint = parse_retry_after(resp.headers.get("Retry-After"))
+                if resp.status == 401 and self._tokens is not None and not reauthed:
+                    reauthed = True
+                    self._tokens.invalidate()
+                    continue  # not a retry: the same try with a fresh token
+                failure = error_for_status(
+                    resp.status,
+                    body,
+                    spec.name,
+                    auth=self.profile.auth,
+                    retry_after=wait_hint,
+                    secrets=self.secrets(),
+                )
+                return Failed(
+                    failure,
+                    retry=resp.status in RETRY_STATUSES,
+                    retry_after=wait_hint,
+                    throttle=resp.status == 429,
+                )
+
+        async with retrying_open(
+            attempt,
+            aiohttp.ClientResponse.release,
+            policy=self.config.retry,
+            limiter=self.limiter,
+            sleep=self._sleep,
+            rng=self._rng,
+            on_retry=self._counted,
+        ) as resp:
+            yield resp
+
+    def _counted(self, _failed: Failed) -> None:
+        self.retries += 1
 
     async def raw(
         self,
@@ -342,20 +332,26 @@ class ArchiveClient:
         query = dict(params or {})
         if fmt is not None:
             query["format"] = fmt
-        policy = self.config.retry
-        for attempt in range(1, policy.attempts + 1):
+
+        async def attempt() -> RawResponse | Failed:
             try:
                 async with self.open(endpoint, query, metadata=metadata) as resp:
                     body = await resp.read()
                     return RawResponse(resp.status, resp.headers.get("Content-Type"), body)
             except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError):
-                if attempt == policy.attempts:
-                    raise UnreachableError(
+                return Failed(
+                    UnreachableError(
                         f"{endpoint}: the connection kept breaking while reading the answer"
-                    ) from None
-                self.retries += 1
-                await self._sleep(policy.backoff(attempt, self._rng))
-        raise AssertionError("unreachable")
+                    )
+                )
+
+        return await retrying(
+            attempt,
+            policy=self.config.retry,
+            sleep=self._sleep,
+            rng=self._rng,
+            on_retry=self._counted,
+        )
 
     async def rows(
         self, endpoint: str, params: Mapping[str, str] | None = None
