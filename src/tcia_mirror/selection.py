@@ -14,7 +14,12 @@ from tcia_mirror.sources.idc.manifest import BucketRef, is_s5cmd, parse_s5cmd
 from tcia_mirror.sources.nbia.manifest import is_uid, parse_manifest, parse_series_file
 
 _log = logging.getLogger("tcia_mirror")
-_MERGED = ("shared_lists", "series", "sources", "bucket_series")  # fields a union merges; the rest must agree
+_MERGED = (
+    "shared_lists",
+    "series",
+    "sources",
+    "bucket_series",
+)  # fields a union merges; the rest must agree
 
 
 @dataclass(frozen=True, slots=True)
