@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.stamp-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install test demo check lint format bench bench-smoke soak clean
+.PHONY: install test demo check lint format bench bench-smoke bench-pg soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ bench:
 
 bench-smoke: $(STAMP)
 	$(PY) benchmarks/run.py --smoke --repeats 1 --results benchmarks/results/smoke
+
+# PostgreSQL store (issue 11): a 1M-instance plan and status, round trips per file, and 1/2/4
+# worker processes on the WAN simulator (a throwaway cluster; about 3 min on 2 cores)
+bench-pg: $(STAMP)
+	$(PY) benchmarks/pg_bench.py
 
 # Not part of `make test`: ~50 kill -9 cycles under mixed faults on CT-sized data, then the
 # engine state machine with 100 fresh random examples (a few minutes in all).

@@ -77,7 +77,10 @@ class Cluster:
 
 
 @contextmanager
-def cluster() -> Iterator[Cluster]:
+def cluster(*, durable: bool = False, settings: str = "") -> Iterator[Cluster]:
+    """A throwaway cluster; ``durable``: PostgreSQL's default fsync and commit settings (the
+    benchmark), else fsync, synchronous_commit and full_page_writes off (tests); ``settings``:
+    more ``-c name=value`` server options."""
     bins = bindir()
     assert bins is not None, MISSING
     as_root = os.geteuid() == 0
@@ -98,9 +101,12 @@ def cluster() -> Iterator[Cluster]:
         )  # fmt: skip
         opts = (
             f"-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories={base} "
-            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
             "-c max_connections=200"
         )
+        if not durable:
+            opts += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        if settings:
+            opts += f" {settings}"
         subprocess.run(
             [*run_as, str(bins / "pg_ctl"), "-D", str(data), "-o", opts, "-l",
              str(base / "log"), "-w", "start"],

@@ -102,6 +102,10 @@ class SimThread:
     def faults_injected(self) -> dict[str, int]:
         return self.call(lambda: dict(self.sim.faults_injected))
 
+    def max_images_in_flight(self) -> int:
+        """The most image requests the simulator answered at once since it started."""
+        return self.call(lambda: self.sim.max_images_in_flight)
+
     def set_faults(self, faults: Faults) -> None:
         def swap() -> None:
             self.sim.faults = faults

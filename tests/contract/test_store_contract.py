@@ -78,6 +78,45 @@ async def test_replanning_keeps_done_instances(open_store, mirror_dir: Path) -> 
         assert s is not None and s.done_count == 1 and s.instance_count == 3
 
 
+async def test_replanning_records_stated_sizes_and_md5s_and_new_instances(
+    open_store, mirror_dir: Path
+) -> None:
+    """What a bucket listing states per object is recorded, changed on a re-plan only where a
+    new value is stated, and new instances in a complete series send it back to pending."""
+
+    def stated(uid: str, n: int, md5s: dict[int, str], sizes: dict[int, int]) -> SeriesPlan:
+        sops = tuple(f"{uid}.{i}" for i in range(n))
+        return SeriesPlan(
+            uid, "C", "P", "1.9", n, 100 * n, {"Modality": "CT"}, sops, "idc:b",
+            {sops[i]: v for i, v in sizes.items()}, {sops[i]: v for i, v in md5s.items()}, "etag",
+        )  # fmt: skip
+
+    def expected(rows) -> dict[str, tuple]:
+        return {r.sop_uid: (r.expected_size, r.expected_md5, r.md5_source) for r in rows}
+
+    store = await open_store(mirror_dir, create=True)
+    async with store:
+        await store.record_plan([stated("1.1", 2, {0: "a" * 32}, {0: 100, 1: 100})])
+        assert expected(await store.instances("1.1")) == {
+            "1.1.0": (100, "a" * 32, "etag"),
+            "1.1.1": (100, None, None),
+        }
+        await store.commit_instances(
+            "1.1", [("1.1.0", "d/0.dcm", 100, "a" * 32), ("1.1.1", "d/1.dcm", 100, None)]
+        )
+        await store.set_series_status("1.1", "complete")
+        # again: 1.1.0's MD5 changed, 1.1.1 stated nothing, 1.1.2 is new
+        await store.record_plan([stated("1.1", 3, {0: "b" * 32}, {0: 100, 2: 50})])
+        assert expected(await store.instances("1.1")) == {
+            "1.1.0": (100, "b" * 32, "etag"),
+            "1.1.1": (100, None, None),
+            "1.1.2": (50, None, None),
+        }
+        s = await store.get_series("1.1")
+        assert s is not None and s.status == "pending" and "1 new instances" in (s.error or "")
+        assert (s.done_count, s.instance_count) == (2, 3)
+
+
 async def test_two_holders_never_work_the_same_series(open_store, mirror_dir: Path) -> None:
     """SQLite refuses the second holder; PostgreSQL leases each series to one of them."""
     from tcia_mirror.errors import MirrorLockedError

@@ -273,7 +273,7 @@ class Mirror:
             self.progress.on_message(
                 f"all {total} connections of the budget are held by other workers; waiting"
             )
-            await anyio.sleep(opts.lease / 3)
+            await anyio.sleep(min(opts.lease / 3, IDLE_LOOK))
 
         async def beat() -> None:
             while True:

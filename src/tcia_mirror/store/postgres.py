@@ -270,8 +270,8 @@ class PostgresStore:
                                 (p.uid, sop, sizes.get(sop), md5,
                                  p.md5_source if md5 is not None else None)
                             )  # fmt: skip
-                for name in ("plan_old", "plan_upsert", "plan_instances", "plan_expected",
-                             "plan_recount", "plan_changes"):  # fmt: skip
+                for name in ("plan_old", "plan_upsert", "plan_instances", "plan_recount",
+                             "plan_changes"):  # fmt: skip
                     await conn.execute(Q[name])
 
         await self._run(op)
@@ -416,16 +416,15 @@ class PostgresStore:
 
     async def claim(self, owner: str, limit: int, lease: float) -> list[SeriesState]:
         """Lease up to ``limit`` series: pending or partial ones, those whose lease ran out, and
-        ones that failed before this store's first claim."""
+        ones that failed before this store's first claim; also those the database has leased to
+        ``owner`` but this store does not hold (a claim whose answer a dropped connection lost)."""
 
         async def op(conn: Any) -> list[Any]:
             if self._since is None:
                 cur = await conn.execute(Q["now"])
                 self._since = (await cur.fetchone())[0]
-            cur = await conn.execute(
-                Q["claim"],
-                {"owner": owner, "lease": float(lease), "since": self._since, "limit": limit},
-            )
+            args = {"owner": owner, "lease": float(lease), "since": self._since, "limit": limit}
+            cur = await conn.execute(Q["claim"], {**args, "held": list(self._leases)})
             return list(await cur.fetchall())
 
         rows = await self._run(op)
@@ -446,12 +445,14 @@ class PostgresStore:
         await self._run(op)
 
     async def release(self, uid: str) -> None:
-        """Give the series' lease back (after its outcome is recorded)."""
-        attempt = self._leases.pop(uid, None)
+        """Give the series' lease back (after its outcome is recorded). It stays among the
+        store's leases until the database has it back, so no claim meanwhile takes it again."""
+        attempt = self._leases.get(uid)
         if attempt is not None:
             await self._run(
                 lambda conn: conn.execute(Q["release"], {"uid": uid, "attempt": attempt})
             )
+            self._leases.pop(uid, None)
 
     async def live_leases(self, owner: str) -> int:
         """How many series other workers hold under a lease that has not run out."""

@@ -93,21 +93,23 @@ ON CONFLICT (uid) DO UPDATE SET
     updated = now()
 
 -- name: plan_instances
+-- New instances are inserted with what the source stated of them; known ones get the stated
+-- size and MD5 only where the source stated one and it differs (one pass over the rows: a
+-- separate UPDATE rewrote every row again). xmax = 0 marks a row this statement inserted.
 WITH ins AS (
-    INSERT INTO instance (series_id, sop_uid)
-    SELECT s.id, si.sop_uid FROM stage_instance AS si JOIN series AS s ON s.uid = si.uid
+    INSERT INTO instance AS i (series_id, sop_uid, expected_size, expected_md5, md5_source)
+    SELECT DISTINCT ON (s.id, si.sop_uid)
+           s.id, si.sop_uid, si.expected_size, si.expected_md5, si.md5_source
+    FROM stage_instance AS si JOIN series AS s ON s.uid = si.uid
     ORDER BY s.id, si.sop_uid
-    ON CONFLICT (series_id, sop_uid) DO NOTHING
-    RETURNING series_id
+    ON CONFLICT (series_id, sop_uid) DO UPDATE SET expected_size = excluded.expected_size,
+        expected_md5 = excluded.expected_md5, md5_source = excluded.md5_source
+    WHERE (excluded.expected_size IS NOT NULL OR excluded.expected_md5 IS NOT NULL)
+      AND (i.expected_size, i.expected_md5, i.md5_source)
+          IS DISTINCT FROM (excluded.expected_size, excluded.expected_md5, excluded.md5_source)
+    RETURNING series_id, (xmax = 0) AS inserted
 )
-INSERT INTO stage_added SELECT series_id, count(*) FROM ins GROUP BY series_id
-
--- name: plan_expected
-UPDATE instance AS i SET expected_size = si.expected_size, expected_md5 = si.expected_md5,
-    md5_source = si.md5_source
-FROM stage_instance AS si JOIN series AS s ON s.uid = si.uid
-WHERE i.series_id = s.id AND i.sop_uid = si.sop_uid
-  AND (si.expected_size IS NOT NULL OR si.expected_md5 IS NOT NULL)
+INSERT INTO stage_added SELECT series_id, count(*) FROM ins WHERE inserted GROUP BY series_id
 
 -- name: plan_recount
 UPDATE series AS s SET instance_count = a.n, done_count = a.d, done_bytes = a.b
@@ -229,13 +231,16 @@ FROM series
 -- name: claim
 -- One statement takes fresh rows and rows whose lease went stale, skipping rows another
 -- claimer is taking at this moment, and marks them leased (pgqueuer's dequeue). A series
--- failed before this worker began is tried again; one failed since is left alone.
+-- failed before this worker began is tried again; one failed since is left alone. Rows leased
+-- to this owner that it does not hold (%(held)s) are taken again: a claim that committed but
+-- whose answer a dropped connection lost.
 UPDATE series SET lease_owner = %(owner)s, lease_attempt = lease_attempt + 1,
     lease_until = now() + make_interval(secs => %(lease)s), heartbeat = now()
 WHERE id IN (
     SELECT id FROM series
     WHERE (status IN ('pending', 'partial') OR (status = 'failed' AND updated < %(since)s))
-      AND (lease_owner IS NULL OR lease_until < now())
+      AND (lease_owner IS NULL OR lease_until < now()
+           OR (lease_owner = %(owner)s AND uid <> ALL(%(held)s::text[])))
     ORDER BY id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED)

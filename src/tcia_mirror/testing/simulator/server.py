@@ -100,6 +100,9 @@ class Simulator:
     ``stats`` counts requests per endpoint name (``getSeries``, ``getImage``, ``token``,
     ``metadata``, ``logout``, ``unknown``); ``image_requests`` counts image requests per
     ``(endpoint, SeriesInstanceUID, SOPInstanceUID or None)``. Both include faulted requests.
+    ``images_in_flight`` is how many image requests are being answered now (from arrival until
+    the handler has written the body) and ``max_images_in_flight`` the most at any moment since
+    start (or since a test reset it): what a connection budget is checked against.
     ``faults_injected`` counts the faults served, by kind (``429``, ``5xx``, ``html``, ``drop``,
     ``truncate``, ``hostile``, ``unreachable``).
     """
@@ -127,6 +130,8 @@ class Simulator:
             collections.Counter()
         )
         self.faults_injected: collections.Counter[str] = collections.Counter()
+        self.images_in_flight = 0
+        self.max_images_in_flight = 0
         self.zip_level = zip_level
         self._entries: ByteLRU[tuple[str, str], ZipEntryData] = ByteLRU(
             zip_cache_bytes, lambda entry: len(entry.compressed)
@@ -245,10 +250,21 @@ class Simulator:
     async def _middleware(self, request: web.Request, handler: _Handler) -> web.StreamResponse:
         name = self._endpoint_name(request)
         self.stats[name] += 1
-        if name in IMAGE_ENDPOINTS:
-            q = request.query
-            key = (name, q.get("SeriesInstanceUID", ""), q.get("SOPInstanceUID"))
-            self.image_requests[key] += 1
+        if name not in IMAGE_ENDPOINTS:
+            return await self._answer(request, handler, name)
+        q = request.query
+        key = (name, q.get("SeriesInstanceUID", ""), q.get("SOPInstanceUID"))
+        self.image_requests[key] += 1
+        self.images_in_flight += 1
+        self.max_images_in_flight = max(self.max_images_in_flight, self.images_in_flight)
+        try:
+            return await self._answer(request, handler, name)
+        finally:
+            self.images_in_flight -= 1
+
+    async def _answer(
+        self, request: web.Request, handler: _Handler, name: str
+    ) -> web.StreamResponse:
         if time.monotonic() < self._unreachable_until:
             self.faults_injected["unreachable"] += 1
             if request.transport is not None:
