@@ -444,9 +444,10 @@ class Fetcher:
                 try:
                     async with self.source.open(unit, md5=self.md5) as body:
                         async for chunk in body:
-                            # inflate, CRC, MD5 and writes run in a worker thread (they release
-                            # the GIL): the event loop only moves bytes, both cores work
-                            fed = await anyio.to_thread.run_sync(zs.feed, chunk)
+                            # inflate, CRC, MD5 and large writes on the loop: measured on 2 cores
+                            # (loopback, 8 ZIPs at once), a worker-thread hop per chunk gave the
+                            # same wall time for ~1.5 CPU s/GB more (the server has the other core)
+                            fed = zs.feed(chunk)
                             if fed.received:
                                 self._bytes(fed.received)
                             for bad, size in fed.crc_bad:
