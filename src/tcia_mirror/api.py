@@ -15,10 +15,11 @@ from typing import Any, TypeVar
 
 import anyio
 
-from tcia_mirror.engine.mirror import DownloadOptions, Mirror, Mode, RunReport, VerifyReport
+from tcia_mirror.engine.mirror import DownloadOptions, Mirror, RunReport, VerifyReport
 from tcia_mirror.errors import first_error
 from tcia_mirror.progress import Progress
 from tcia_mirror.selection import build_selection
+from tcia_mirror.sources.base import Mode
 from tcia_mirror.sources.nbia.auth import Credentials
 from tcia_mirror.sources.nbia.client import ClientConfig
 from tcia_mirror.sources.nbia.profiles import DEFAULT_PROFILE, load_profile

@@ -17,7 +17,8 @@ from typing import Any, BinaryIO
 
 import anyio
 
-from tcia_mirror.errors import DataError, one_error
+from tcia_mirror.engine.zipentries import HEAD, ZipEntry, ZipState
+from tcia_mirror.errors import one_error
 from tcia_mirror.fs.atomic import AtomicWriter, disk_error, fsync_dir
 from tcia_mirror.fs.dicomio import ids_from_head, read_ids
 from tcia_mirror.fs.layout import instance_filename, sanitize_component
@@ -26,54 +27,12 @@ from tcia_mirror.records import Problem, ProblemKind
 from tcia_mirror.sources.base import FetchUnit, SeriesView, Source
 from tcia_mirror.sources.nbia.formats import parse_md5_csv
 from tcia_mirror.sources.nbia.zipstream import (
-    EntryData,
-    EntryEnd,
-    EntryStart,
     ZipLimits,
     ZipStreamReader,
-    safe_entry_name,
 )
 from tcia_mirror.store.base import Store
 
-_SMALL_CAP = 16 * 2**20  # LICENSE / md5hashes.csv are small; refuse more
-_BUFFER_MAX = 1 << 20  # a DICOM entry up to this size is kept in memory, written in one go
-_HEAD = 16 * 1024  # bytes of each file kept for the fast header check
 _PIPELINE = 8  # entries of one ZIP being finalised in worker threads at once
-
-
-class _Entry:
-    """One DICOM entry of a ZIP being received: in memory while small, else streamed to disk."""
-
-    __slots__ = ("name", "temp_dest", "buf", "writer", "digest", "head", "size")
-
-    def __init__(self, name: str, temp_dest: Path) -> None:
-        self.name = name
-        self.temp_dest = temp_dest
-        self.buf = bytearray()
-        self.writer: AtomicWriter | None = None
-        self.digest = hashlib.md5(usedforsecurity=False)
-        self.head = bytearray()
-        self.size = 0
-
-    def add(self, data: bytes, make_writer: Callable[[Path], AtomicWriter]) -> None:
-        self.digest.update(data)
-        self.size += len(data)
-        if len(self.head) < _HEAD:
-            self.head += data[: _HEAD - len(self.head)]
-        if self.writer is None and len(self.buf) + len(data) <= _BUFFER_MAX:
-            self.buf += data
-            return
-        if self.writer is None:
-            self.writer = make_writer(self.temp_dest)
-            self.writer.write(bytes(self.buf))
-            self.buf = bytearray()
-        self.writer.write(data)
-
-    def discard(self) -> None:
-        """Drop the temp file, if any (a no-op after commit)."""
-        if self.writer is not None:
-            self.writer.abort()
-        self.buf = bytearray()
 
 
 @dataclass(slots=True)
@@ -127,85 +86,6 @@ class _Committed:
     md5: str
     writer: AtomicWriter = field(repr=False, compare=False)
     pending: bool = False  # checked, kept as a temp file until the archive's MD5 list came
-
-
-@dataclass(slots=True)
-class _Fed:
-    """What one chunk of a ZIP stream gave: entries to finalise and small entries' bodies."""
-
-    received: int = 0  # DICOM bytes received
-    finished: list[_Entry] = field(default_factory=list)  # complete, CRC right
-    crc_bad: list[tuple[str, int]] = field(default_factory=list)  # (entry name, its bytes)
-    license: bytes | None = None
-    md5_list: bytes | None = None
-
-
-class _ZipState:
-    """The byte work of one ZIP stream, run chunk by chunk in a worker thread: inflate, CRC,
-    MD5 and the writes of large entries. Entry names are never used as paths."""
-
-    def __init__(
-        self,
-        reader: ZipStreamReader,
-        series_dir: Path,
-        make_writer: Callable[[Path], AtomicWriter],
-    ) -> None:
-        self.reader = reader
-        self.series_dir = series_dir
-        self.make_writer = make_writer
-        self.kind = ""
-        self.name = ""
-        self.entry: _Entry | None = None
-        self.small = bytearray()
-        self.rejected: list[str] = []
-
-    def feed(self, chunk: bytes) -> _Fed:
-        out = _Fed()
-        for ev in self.reader.feed(chunk):
-            if isinstance(ev, EntryData):
-                if self.kind == "dicom":
-                    assert self.entry is not None
-                    self.entry.add(ev.data, self.make_writer)
-                    out.received += len(ev.data)
-                elif self.kind in ("license", "md5"):
-                    self.small += ev.data
-                    if len(self.small) > _SMALL_CAP:
-                        raise DataError(f"ZIP entry {self.name!r} is implausibly large")
-            elif isinstance(ev, EntryStart):
-                self._start(ev)
-            elif isinstance(ev, EntryEnd):
-                self._end(ev, out)
-        return out
-
-    def _start(self, ev: EntryStart) -> None:
-        self.name = ev.name
-        base = safe_entry_name(ev.name)
-        self.small.clear()
-        if base is None:
-            self.kind = "rejected"
-            self.rejected.append(ev.name)
-        elif base.upper() == "LICENSE":
-            self.kind = "license"
-        elif base.lower() == "md5hashes.csv":
-            self.kind = "md5"
-        else:
-            self.kind = "dicom"
-            self.entry = _Entry(ev.name, self.series_dir / f"entry-{ev.index:08d}.dcm")
-
-    def _end(self, ev: EntryEnd, out: _Fed) -> None:
-        if self.kind == "dicom":
-            assert self.entry is not None
-            e, self.entry = self.entry, None
-            if ev.crc_ok:
-                out.finished.append(e)
-            else:
-                e.discard()
-                out.crc_bad.append((self.name, e.size))
-        elif self.kind == "license" and ev.crc_ok:
-            out.license = bytes(self.small)
-        elif self.kind == "md5" and ev.crc_ok:
-            out.md5_list = bytes(self.small)
-        self.kind = ""
 
 
 class Fetcher:
@@ -345,7 +225,7 @@ class Fetcher:
         return c
 
     def _finalize_entry(
-        self, entry: _Entry, work: SeriesWork, claimed: set[str], defer: bool
+        self, entry: ZipEntry, work: SeriesWork, claimed: set[str], defer: bool
     ) -> _Committed | None:
         """Worker thread: a small entry is written in one go here, a large one was streamed.
 
@@ -404,7 +284,7 @@ class Fetcher:
         stream goes on, at most ``_PIPELINE`` at once. Raises on a broken stream, after
         committing every entry that was complete, so the engine retries.
         """
-        zs = _ZipState(ZipStreamReader(self.limits), self._series_dir(work), self._writer)
+        zs = ZipState(ZipStreamReader(self.limits), self._series_dir(work), self._writer)
         by_name: dict[str, _Committed] = {}
         archive_md5: dict[str, str] | None = None
         claimed: set[str] = set()
@@ -417,7 +297,7 @@ class Fetcher:
         pending: dict[str, _Committed] = {}
         completed = False  # the task group ended without being cancelled
 
-        async def finish(e: _Entry) -> None:
+        async def finish(e: ZipEntry) -> None:
             c: _Committed | None = None
             try:
                 # shielded: a cancelled run still records what it renamed into place
@@ -568,12 +448,11 @@ class Fetcher:
         sop = unit.key
         assert sop is not None
         want = unit.sop
-        if self.md5 and sop not in work.archive_md5:  # asked first: the file counts once checked
-            stated = await self.source.object_md5(unit)
-            if stated is not None:
-                md5, where = stated
-                await self.store.set_expected_md5(work.uid, {sop: md5}, where)
-                work.archive_md5[sop], work.md5_source[sop] = md5, where
+        stated: list[tuple[str, str] | None] = []
+
+        async def ask_md5() -> None:  # in flight beside the body: one round trip, not two
+            stated.append(await self.source.object_md5(unit))
+
         series_dir = self._series_dir(work)
         temp = (
             instance_filename(want)
@@ -585,14 +464,21 @@ class Fetcher:
         size = 0
         head = bytearray()
         try:
-            async with self.source.open(unit, md5=self.md5) as body:
-                async for chunk in body:
-                    writer.write(chunk)
-                    self._bytes(len(chunk))
-                    digest.update(chunk)
-                    size += len(chunk)
-                    if len(head) < _HEAD:
-                        head += chunk[: _HEAD - len(head)]
+            async with one_error(), anyio.create_task_group() as tg:
+                if self.md5 and sop not in work.archive_md5:
+                    tg.start_soon(ask_md5)
+                async with self.source.open(unit, md5=self.md5) as body:
+                    async for chunk in body:
+                        writer.write(chunk)
+                        self._bytes(len(chunk))
+                        digest.update(chunk)
+                        size += len(chunk)
+                        if len(head) < HEAD:
+                            head += chunk[: HEAD - len(head)]
+            if stated and stated[0] is not None:  # stored first: the file counts once checked
+                md5, where = stated[0]
+                await self.store.set_expected_md5(work.uid, {sop: md5}, where)
+                work.archive_md5[sop], work.md5_source[sop] = md5, where
             c = await anyio.to_thread.run_sync(
                 self._finalize, writer, work, digest.hexdigest(), size, want, bytes(head),
                 None, None if want else sop,

@@ -1,0 +1,140 @@
+"""The byte work of one series ZIP: entries received chunk by chunk (inflate, CRC, MD5, the
+writes of large entries), small entries kept for a write in one go. Entry names are never
+used as paths (:func:`~tcia_mirror.sources.nbia.zipstream.safe_entry_name`)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tcia_mirror.errors import DataError
+from tcia_mirror.fs.atomic import AtomicWriter
+from tcia_mirror.sources.nbia.zipstream import (
+    EntryData,
+    EntryEnd,
+    EntryStart,
+    ZipStreamReader,
+    safe_entry_name,
+)
+
+__all__ = ["HEAD", "Fed", "ZipEntry", "ZipState"]
+
+_SMALL_CAP = 16 * 2**20  # LICENSE / md5hashes.csv are small; refuse more
+_BUFFER_MAX = 1 << 20  # a DICOM entry up to this size is kept in memory, written in one go
+HEAD = 16 * 1024  # bytes of each file kept for the fast header check
+
+
+class ZipEntry:
+    """One DICOM entry of a ZIP being received: in memory while small, else streamed to disk."""
+
+    __slots__ = ("name", "temp_dest", "buf", "writer", "digest", "head", "size")
+
+    def __init__(self, name: str, temp_dest: Path) -> None:
+        self.name = name
+        self.temp_dest = temp_dest
+        self.buf = bytearray()
+        self.writer: AtomicWriter | None = None
+        self.digest = hashlib.md5(usedforsecurity=False)
+        self.head = bytearray()
+        self.size = 0
+
+    def add(self, data: bytes, make_writer: Callable[[Path], AtomicWriter]) -> None:
+        self.digest.update(data)
+        self.size += len(data)
+        if len(self.head) < HEAD:
+            self.head += data[: HEAD - len(self.head)]
+        if self.writer is None and len(self.buf) + len(data) <= _BUFFER_MAX:
+            self.buf += data
+            return
+        if self.writer is None:
+            self.writer = make_writer(self.temp_dest)
+            self.writer.write(bytes(self.buf))
+            self.buf = bytearray()
+        self.writer.write(data)
+
+    def discard(self) -> None:
+        """Drop the temp file, if any (a no-op after commit)."""
+        if self.writer is not None:
+            self.writer.abort()
+        self.buf = bytearray()
+
+
+@dataclass(slots=True)
+class Fed:
+    """What one chunk of a ZIP stream gave: entries to finalise and small entries' bodies."""
+
+    received: int = 0  # DICOM bytes received
+    finished: list[ZipEntry] = field(default_factory=list)  # complete, CRC right
+    crc_bad: list[tuple[str, int]] = field(default_factory=list)  # (entry name, its bytes)
+    license: bytes | None = None
+    md5_list: bytes | None = None
+
+
+class ZipState:
+    """The byte work of one ZIP stream, run chunk by chunk in a worker thread: inflate, CRC,
+    MD5 and the writes of large entries. Entry names are never used as paths."""
+
+    def __init__(
+        self,
+        reader: ZipStreamReader,
+        series_dir: Path,
+        make_writer: Callable[[Path], AtomicWriter],
+    ) -> None:
+        self.reader = reader
+        self.series_dir = series_dir
+        self.make_writer = make_writer
+        self.kind = ""
+        self.name = ""
+        self.entry: ZipEntry | None = None
+        self.small = bytearray()
+        self.rejected: list[str] = []
+
+    def feed(self, chunk: bytes) -> Fed:
+        out = Fed()
+        for ev in self.reader.feed(chunk):
+            if isinstance(ev, EntryData):
+                if self.kind == "dicom":
+                    assert self.entry is not None
+                    self.entry.add(ev.data, self.make_writer)
+                    out.received += len(ev.data)
+                elif self.kind in ("license", "md5"):
+                    self.small += ev.data
+                    if len(self.small) > _SMALL_CAP:
+                        raise DataError(f"ZIP entry {self.name!r} is implausibly large")
+            elif isinstance(ev, EntryStart):
+                self._start(ev)
+            elif isinstance(ev, EntryEnd):
+                self._end(ev, out)
+        return out
+
+    def _start(self, ev: EntryStart) -> None:
+        self.name = ev.name
+        base = safe_entry_name(ev.name)
+        self.small.clear()
+        if base is None:
+            self.kind = "rejected"
+            self.rejected.append(ev.name)
+        elif base.upper() == "LICENSE":
+            self.kind = "license"
+        elif base.lower() == "md5hashes.csv":
+            self.kind = "md5"
+        else:
+            self.kind = "dicom"
+            self.entry = ZipEntry(ev.name, self.series_dir / f"entry-{ev.index:08d}.dcm")
+
+    def _end(self, ev: EntryEnd, out: Fed) -> None:
+        if self.kind == "dicom":
+            assert self.entry is not None
+            e, self.entry = self.entry, None
+            if ev.crc_ok:
+                out.finished.append(e)
+            else:
+                e.discard()
+                out.crc_bad.append((self.name, e.size))
+        elif self.kind == "license" and ev.crc_ok:
+            out.license = bytes(self.small)
+        elif self.kind == "md5" and ev.crc_ok:
+            out.md5_list = bytes(self.small)
+        self.kind = ""
