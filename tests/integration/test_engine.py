@@ -287,3 +287,18 @@ def test_a_series_whose_zip_broke_twice_is_finished_one_instance_at_a_time() -> 
     assert [u.kind for u in choose_units(work(0).view(), "zip")] == ["archive"]
     assert [u.kind for u in choose_units(work(2).view(), "zip")] == ["object"] * 9
     assert [u.key for u in choose_units(work(2).view(), "zip")] == sops[1:]
+
+
+def test_a_zip_that_broke_twice_before_anything_counted_is_finished_one_by_one() -> None:
+    """A ZIP's files count only once its MD5 list (its last entry) arrived: a series whose ZIP
+    is cut twice before that point must not be given the same ZIP forever."""
+    from tcia_mirror.sources.base import SeriesView
+    from tcia_mirror.sources.nbia.source import choose_units
+
+    sops = frozenset(f"1.2.3.{i}" for i in range(5))
+    view = SeriesView("1.2.3", sops, frozenset(), 5, 5000, archive_tries=1, archive_untrusted=False)
+    assert [u.kind for u in choose_units(view, "zip")] == ["archive"]
+    twice = SeriesView(
+        "1.2.3", sops, frozenset(), 5, 5000, archive_tries=2, archive_untrusted=False
+    )
+    assert sorted(u.key for u in choose_units(twice, "zip")) == sorted(sops)  # type: ignore[type-var]

@@ -30,8 +30,9 @@ def choose_units(series: SeriesView, mode: Mode) -> list[FetchUnit]:
 
     Nothing when every expected instance is done. Single images when the user asked for them,
     when the series' ZIP held entries we refuse (the same ZIP again would not help), when the
-    missing part is cheaper one by one (estimated at ``PER_REQUEST_COST`` per request), or when
-    the series' ZIP already broke off twice (runs killed, links dropping). Else its ZIP.
+    series' ZIP already broke off twice (runs killed, links dropping; even if nothing of it was
+    committed), or when the missing part is cheaper one by one (estimated at
+    ``PER_REQUEST_COST`` per request). Else its ZIP.
     """
     missing = series.missing
     if series.expected and not missing:
@@ -39,10 +40,14 @@ def choose_units(series: SeriesView, mode: Mode) -> list[FetchUnit]:
     single = mode == "single" and bool(series.expected)
     if series.archive_untrusted and series.expected:
         single = True
+    elif mode == "zip" and missing and series.archive_tries >= 2:
+        # its ZIP broke off twice (runs killed, links dropping): a ZIP commits its files only
+        # once its MD5 list, the last entry, arrived, so a third one might never get there
+        single = True
     elif mode == "zip" and series.done and missing and series.expected_bytes:
         n = max(1, series.expected_count or len(series.expected))
         est = series.expected_bytes * len(missing) / n + PER_REQUEST_COST * len(missing)
-        single = est < series.expected_bytes or series.archive_tries >= 2
+        single = est < series.expected_bytes
     if single:
         return [FetchUnit(series.uid, "object", sop, sop=sop) for sop in missing]
     return [FetchUnit(series.uid, "archive")]
