@@ -7,6 +7,7 @@ is in place before any of that starts. It must stay that way: standard library o
 
 from __future__ import annotations
 
+import signal
 import sys
 
 TYPE_CHECKING = False
@@ -27,3 +28,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (KeyboardInterrupt, OSError):
             pass
         return EXIT_INTERRUPTED
+    finally:
+        # the work is over: a Ctrl-C while the interpreter shuts down (module teardown, thread
+        # joins) would print a traceback no code of ours can catch
+        try:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        except (ValueError, OSError):  # not the main thread
+            pass
