@@ -48,7 +48,8 @@ __all__ = ["S3Object", "S3Simulator", "folder_uuid", "with_ctp_collection"]
 
 _NS = uuid.UUID("6f1d4e8a-3c1b-4b7e-9a55-1e0c2d3b4a59")
 _XMLNS = "http://s3.amazonaws.com/doc/2006-03-01/"
-_MODIFIED = "2024-01-01T00:00:00.000Z"
+_MODIFIED = "2024-01-01T00:00:00.000Z"  # ISO 8601 in listings
+_MODIFIED_HTTP = "Mon, 01 Jan 2024 00:00:00 GMT"  # RFC 7231 in headers (SDKs refuse ISO there)
 
 
 def folder_uuid(series_uid: str) -> str:
@@ -171,7 +172,8 @@ class S3Simulator:
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._middleware])
-        app.router.add_get("/{bucket}", self._list)
+        app.router.add_get("/{bucket}", self._list, allow_head=False)
+        app.router.add_head("/{bucket}", self._head_bucket)
         app.router.add_get("/{bucket}/{key:.+}", self._object)  # HEAD too
         return app
 
@@ -228,6 +230,12 @@ class S3Simulator:
         except ConnectionResetError:
             return web.Response(status=499)
 
+    async def _head_bucket(self, request: web.Request) -> web.StreamResponse:
+        """HeadBucket: SDKs (s5cmd) ask it for the bucket's region before anything else."""
+        if request.match_info["bucket"] != self.bucket:
+            return web.Response(status=404)
+        return web.Response(status=200, headers={"x-amz-bucket-region": "us-east-1"})
+
     async def _list(self, request: web.Request) -> web.StreamResponse:
         if request.match_info["bucket"] != self.bucket:
             return _error(404, "NoSuchBucket", "The specified bucket does not exist")
@@ -279,7 +287,7 @@ class S3Simulator:
         if obj is None:
             return _error(404, "NoSuchKey", "The specified key does not exist.")
         size = len(obj.body)
-        headers = {"ETag": obj.etag, "Accept-Ranges": "bytes", "Last-Modified": _MODIFIED}
+        headers = {"ETag": obj.etag, "Accept-Ranges": "bytes", "Last-Modified": _MODIFIED_HTTP}
         start, end = 0, size - 1
         status = 200
         rng = request.headers.get("Range")
