@@ -71,6 +71,7 @@ class S3Object:
     key: str
     body: bytes
     etag: str  # quoted, as S3 sends it
+    path: Path | None = None  # the body in a file, served with sendfile (see ``files``)
 
 
 def _error(status: int, code: str, message: str) -> web.Response:
@@ -86,7 +87,10 @@ class S3Simulator:
 
     ``page_size`` caps every ListObjectsV2 page below ``max-keys`` (S3 caps at 1000; a small
     one proves a client follows continuation tokens). ``requests`` records every request as
-    ``(method, key or "?list", Range header or None)``.
+    ``(method, key or "?list", Range header or None)``. ``files``: a folder to keep each body
+    in a file of its own, served with ``sendfile`` (no copy through Python) whenever no
+    bandwidth cap or body fault applies to the answer: benchmarks use it so that the bucket is
+    not the bottleneck.
     """
 
     def __init__(
@@ -98,8 +102,10 @@ class S3Simulator:
         page_size: int = 1000,
         multipart_every: int = 4,
         ctp: bool = True,
+        files: Path | None = None,
     ) -> None:
         self.bucket = bucket
+        self._files = files
         self.faults = faults if faults is not None else Faults()
         self.page_size = max(1, page_size)
         self.objects: dict[str, S3Object] = {}
@@ -132,6 +138,10 @@ class S3Simulator:
         else:
             etag = f'"{md5}"'
         obj = S3Object(key, body, etag)
+        if self._files is not None:
+            obj.path = self._files / f"{hashlib.sha1(key.encode()).hexdigest()}.obj"
+            obj.path.parent.mkdir(parents=True, exist_ok=True)
+            obj.path.write_bytes(body)
         self.objects[key] = obj
         return obj
 
@@ -304,20 +314,25 @@ class S3Simulator:
             resp.content_type = "application/dicom"
             await resp.prepare(request)
             return resp
-        data = obj.body[start : end + 1]
+        count = end - start + 1
         f = self.faults
         cut = None
-        if f.applies("GetObject") and len(data) > 1:
+        if f.applies("GetObject") and count > 1:
             if f.roll(f.drop_rate):
                 self.faults_injected["drop"] += 1
-                cut = max(1, int(len(data) * f.fraction()))
+                cut = max(1, int(count * f.fraction()))
             elif f.roll(f.truncate_rate):
                 self.faults_injected["truncate"] += 1
-                cut = max(1, int(len(data) * f.fraction()))
+                cut = max(1, int(count * f.fraction()))
         resp = web.StreamResponse(status=status, headers=headers)
         resp.content_type = "application/dicom"
-        resp.content_length = len(data)
+        resp.content_length = count
         await resp.prepare(request)
+        if obj.path is not None and cut is None and not f.bandwidth:
+            await self._sendfile(request, obj.path, start, count)
+            await resp.write_eof()
+            return resp
+        data = obj.body[start : end + 1]
         body = _Body(resp, f.bandwidth)
         await body.write(data if cut is None else data[:cut])
         if cut is not None:
@@ -326,6 +341,15 @@ class S3Simulator:
             return resp
         await resp.write_eof()
         return resp
+
+    @staticmethod
+    async def _sendfile(request: web.Request, path: Path, start: int, count: int) -> None:
+        """The kernel copies the file to the socket (the headers were sent by prepare)."""
+        transport = request.transport
+        if transport is None:
+            raise ConnectionResetError("Connection lost")
+        with path.open("rb") as fobj:
+            await asyncio.get_running_loop().sendfile(transport, fobj, start, count)
 
 
 def _parse_range(header: str, size: int) -> tuple[int, int] | None:
