@@ -17,6 +17,7 @@ from typing import Any, BinaryIO
 
 import anyio
 
+from tcia_mirror.engine.committer import GroupCommitter
 from tcia_mirror.engine.zipentries import HEAD, ZipEntry, ZipState
 from tcia_mirror.errors import one_error
 from tcia_mirror.fs.atomic import AtomicWriter, disk_error, fsync_dir
@@ -33,6 +34,7 @@ from tcia_mirror.sources.nbia.zipstream import (
 from tcia_mirror.store.base import Store
 
 _PIPELINE = 8  # entries of one ZIP being finalised in worker threads at once
+SPILL = 1 << 20  # bytes of a single object gathered on the loop before a worker thread writes them
 
 
 @dataclass(slots=True)
@@ -88,6 +90,34 @@ class _Committed:
     pending: bool = False  # checked, kept as a temp file until the archive's MD5 list came
 
 
+class _SingleFile:
+    """A single object's temp file, opened, written and hashed in worker threads only."""
+
+    __slots__ = ("_fetcher", "_dest", "writer", "digest", "head")
+
+    def __init__(self, fetcher: Fetcher, dest: Path) -> None:
+        self._fetcher = fetcher
+        self._dest = dest
+        self.writer: AtomicWriter | None = None
+        self.digest = hashlib.md5(usedforsecurity=False)
+        self.head = bytearray()
+
+    def write(self, chunks: list[bytes]) -> AtomicWriter:
+        """Worker thread: append ``chunks`` (opening the temp file on the first call)."""
+        if self.writer is None:
+            self.writer = self._fetcher._writer(self._dest)
+        for chunk in chunks:
+            self.writer.write(chunk)
+            self.digest.update(chunk)
+            if len(self.head) < HEAD:
+                self.head += chunk[: HEAD - len(self.head)]
+        return self.writer
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            self.writer.abort()
+
+
 class Fetcher:
     def __init__(
         self,
@@ -116,6 +146,10 @@ class Fetcher:
         # a test seam: called (in a worker thread) with each file just renamed into place,
         # before the store records it, i.e. in the window a kill -9 can hit
         self._after_rename = after_rename
+        # every file enters the mirror through here: renamed and recorded in batches
+        self._committer: GroupCommitter[tuple[SeriesWork, _Committed]] = GroupCommitter(
+            self._publish_batch, self._record_batch, self._drop_batch
+        )
 
     # -- shared ----------------------------------------------------------------------------
     def _bytes(self, n: int) -> None:
@@ -201,28 +235,43 @@ class Fetcher:
             return None
         return _Committed(record, rel, size, md5, writer)
 
-    def _publish(self, c: _Committed, *, sync_dir: bool = True) -> None:
-        """Worker thread: rename a checked file into place (durable before it is recorded)."""
-        c.writer.commit(self.root / c.rel_path, sync_dir=sync_dir)
+    def _publish_batch(self, items: list[tuple[SeriesWork, _Committed]]) -> None:
+        """Worker thread: rename checked, fsynced files into place, then fsync each folder
+        once (durable before they are recorded). On a failure nothing more is renamed; the
+        files renamed already are left for the next run to adopt."""
+        folders: dict[Path, None] = {}
+        try:
+            for _w, c in items:
+                c.writer.commit(self.root / c.rel_path, sync_dir=False)
+                folders[c.writer.dest.parent] = None
+        except BaseException:
+            for _w, c in items:
+                c.writer.abort()  # a no-op for those renamed
+            raise
+        if self.fsync:
+            for folder in folders:
+                fsync_dir(folder)
         if self._after_rename is not None:
-            self._after_rename(c.writer.dest)
+            for _w, c in items:
+                self._after_rename(c.writer.dest)
 
-    def _finalize(
-        self,
-        writer: AtomicWriter,
-        work: SeriesWork,
-        md5: str,
-        size: int,
-        want_sop: str | None,
-        head: bytes = b"",
-        claimed: set[str] | None = None,
-        key: str | None = None,
-    ) -> _Committed | None:
-        """Worker thread: check, then rename into place (or discard)."""
-        c = self._check(writer, work, md5, size, want_sop, head, claimed, key)
-        if c is not None:
-            self._publish(c)
-        return c
+    async def _record_batch(self, items: list[tuple[SeriesWork, _Committed]]) -> None:
+        """Record a published batch: one store transaction per series."""
+        by_series: dict[str, tuple[SeriesWork, list[_Committed]]] = {}
+        for w, c in items:
+            by_series.setdefault(w.uid, (w, []))[1].append(c)
+        for w, cs in by_series.values():
+            await self.store.commit_instances(
+                w.uid, [(c.sop, c.rel_path, c.size, c.md5) for c in cs]
+            )
+            for c in cs:
+                w.done[c.sop] = (c.rel_path, c.size, c.md5)
+            self.files_committed += len(cs)
+
+    @staticmethod
+    def _drop_batch(items: list[tuple[SeriesWork, _Committed]]) -> None:
+        for _w, c in items:
+            c.writer.abort()
 
     def _finalize_entry(
         self, entry: ZipEntry, work: SeriesWork, claimed: set[str], defer: bool
@@ -243,18 +292,10 @@ class Fetcher:
             entry.writer = writer
         args = (writer, work, entry.digest.hexdigest(), entry.size, None, bytes(entry.head))
         c = self._check(*args, claimed)
-        if c is not None and not (defer and c.sop not in work.archive_md5):
-            self._publish(c)
-            return c
         if c is None:
             return None
         writer.sync()  # durable now, in parallel with the stream: the batch rename is quick
-        return replace(c, pending=True)
-
-    async def _record(self, work: SeriesWork, c: _Committed) -> None:
-        await self.store.commit_instances(work.uid, [(c.sop, c.rel_path, c.size, c.md5)])
-        work.done[c.sop] = (c.rel_path, c.size, c.md5)
-        self.files_committed += 1
+        return replace(c, pending=True) if defer and c.sop not in work.archive_md5 else c
 
     def _write_license(self, work: SeriesWork, text: bytes) -> None:
         folder = self.root / sanitize_component(work.collection or "unknown-collection")
@@ -310,7 +351,7 @@ class Fetcher:
                     elif c.pending:
                         pending[e.name] = c
                     else:
-                        await self._record(work, c)
+                        await self._committer.commit([(work, c)])
                         by_name[e.name] = c
             finally:
                 if c is not None and c.pending:
@@ -397,28 +438,9 @@ class Fetcher:
                 )  # fmt: skip
             else:
                 good.append((n, c))
-        if not good:
-            return
-
-        def publish_all() -> None:
-            for _n, c in good:
-                self._publish(c, sync_dir=False)
-            if self.fsync:
-                fsync_dir(self.root / work.rel_dir)
-
-        with anyio.CancelScope(shield=True):  # renamed files are recorded, even when cancelled
-            try:
-                await anyio.to_thread.run_sync(publish_all)
-            except BaseException:
-                for _n, c in good:
-                    c.writer.abort()
-                raise
-            rows = [(c.sop, c.rel_path, c.size, c.md5) for _n, c in good]
-            await self.store.commit_instances(work.uid, rows)
+        await self._committer.commit([(work, c) for _n, c in good])
         for n, c in good:
-            work.done[c.sop] = (c.rel_path, c.size, c.md5)
             by_name[n] = c
-        self.files_committed += len(good)
 
     async def _check_md5(
         self, work: SeriesWork, by_name: dict[str, _Committed], archive_md5: dict[str, str]
@@ -453,42 +475,58 @@ class Fetcher:
         async def ask_md5() -> None:  # in flight beside the body: one round trip, not two
             stated.append(await self.source.object_md5(unit))
 
-        series_dir = self._series_dir(work)
         temp = (
             instance_filename(want)
             if want
             else f"object-{hashlib.sha1(sop.encode()).hexdigest()[:16]}.dcm"
-        )  # noqa: E501
-        writer = self._writer(series_dir / temp)
-        digest = hashlib.md5(usedforsecurity=False)
+        )
+        out = _SingleFile(self, self.root / work.rel_dir / temp)
         size = 0
-        head = bytearray()
+        batch: list[bytes] = []
+        batched = 0
+        c: _Committed | None = None
+        handed = False
         try:
             async with one_error(), anyio.create_task_group() as tg:
                 if self.md5 and sop not in work.archive_md5:
                     tg.start_soon(ask_md5)
                 async with self.source.open(unit, md5=self.md5) as body:
+                    # the loop only gathers chunks: opening, writing and hashing happen in a
+                    # worker thread, a batch (SPILL bytes, or the whole of a small object) at
+                    # a time, so the second core does the byte work
                     async for chunk in body:
-                        writer.write(chunk)
                         self._bytes(len(chunk))
-                        digest.update(chunk)
                         size += len(chunk)
-                        if len(head) < HEAD:
-                            head += chunk[: HEAD - len(head)]
+                        batch.append(chunk)
+                        batched += len(chunk)
+                        if batched >= SPILL:
+                            spill, batch, batched = batch, [], 0
+                            await anyio.to_thread.run_sync(out.write, spill)
             if stated and stated[0] is not None:  # stored first: the file counts once checked
                 md5, where = stated[0]
                 await self.store.set_expected_md5(work.uid, {sop: md5}, where)
                 work.archive_md5[sop], work.md5_source[sop] = md5, where
-            c = await anyio.to_thread.run_sync(
-                self._finalize, writer, work, digest.hexdigest(), size, want, bytes(head),
-                None, None if want else sop,
-            )  # fmt: skip
+
+            def finish() -> _Committed | None:
+                writer = out.write(batch)
+                c = self._check(
+                    writer, work, out.digest.hexdigest(), size, want, bytes(out.head),
+                    None, None if want else sop,
+                )  # fmt: skip
+                if c is not None:
+                    writer.sync()
+                return c
+
+            c = await anyio.to_thread.run_sync(finish)
+            if c is not None:
+                handed = True  # the committer owns the file now: it publishes or drops it
+                await self._committer.commit([(work, c)])
         except BaseException:
-            writer.abort()
+            if not handed:
+                out.abort()
             self._bytes(-size)
             raise
         if c is None:
             self._bytes(-size)
             return False
-        await self._record(work, c)
         return True
