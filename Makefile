@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.stamp-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install test demo check lint format bench bench-smoke bench-pg soak clean
+.PHONY: install test demo check lint format bench bench-idc bench-smoke bench-pg soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ format: $(STAMP)
 bench:
 	sh benchmarks/setup.sh
 	benchmarks/.venv/bin/python benchmarks/run.py
+	benchmarks/.venv/bin/python benchmarks/idc_bench.py --json benchmarks/results/idc.json
+
+bench-idc:
+	sh benchmarks/setup.sh
+	benchmarks/.venv/bin/python benchmarks/idc_bench.py --json benchmarks/results/idc.json
 
 bench-smoke: $(STAMP)
 	$(PY) benchmarks/run.py --smoke --repeats 1 --results benchmarks/results/smoke

@@ -2,12 +2,13 @@
 
 Runnable on its own (``make bench-idc``)::
 
-    python benchmarks/idc_bench.py [--objects 2000] [--wan-objects 256] [--workers 8]
+    python benchmarks/idc_bench.py [--objects 2000] [--wan-objects 480] [--workers 8]
 
-Two scenarios, each tool in a process of its own against a fresh bucket process:
+Two scenarios, each tool in a process of its own against a fresh bucket process (bodies served
+from files with sendfile when no bandwidth cap applies), after an ``os.sync()``:
 
 * ``wan``: 50 ms before every answer, 4 MB/s per response body, 8 connections each
-  (``--concurrency 8`` / ``--numworkers 8``);
+  (``--concurrency 8`` / ``--numworkers 8``), 480 CT-sized objects;
 * ``loopback``: about 2,000 CT-sized objects (512x512x16 bit, about 0.5 MB), no faults.
 
 Reported per tool: MB/s, objects/s, CPU seconds per GB (the tool's user+system from ``wait4``,
@@ -47,7 +48,7 @@ def serve(cfg: dict[str, Any]) -> None:
     from tcia_mirror.testing.simulator import Dataset, DatasetSpec, Faults  # noqa: PLC0415
     from tcia_mirror.testing.simulator.s3 import S3Simulator  # noqa: PLC0415
 
-    per_series = 80
+    per_series = max(1, min(80, cfg["objects"]))
     series = max(1, -(-cfg["objects"] // per_series))
     spec = DatasetSpec(
         name="idc-bench",
@@ -136,6 +137,9 @@ def run_one(tool: str, scenario: dict[str, Any], workers: int, work: Path) -> di
     out = work / "out"
     out.mkdir()
     bucket = Bucket(scenario, work)
+    # the bucket's files and the previous tool's output are written back now, not during this
+    # tool's run (a tool that fsyncs would otherwise wait behind another's dirty pages)
+    os.sync()
     try:
         if tool == "tcia-mirror":
             cmd = [
@@ -176,7 +180,7 @@ def run_one(tool: str, scenario: dict[str, Any], workers: int, work: Path) -> di
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--objects", type=int, default=2000, help="loopback objects (about 0.5 MB)")
-    ap.add_argument("--wan-objects", type=int, default=240, help="WAN-like objects")
+    ap.add_argument("--wan-objects", type=int, default=480, help="WAN-like objects")
     ap.add_argument("--workers", type=int, default=8, help="connections of each tool")
     ap.add_argument("--scenario", choices=["wan", "loopback", "all"], default="all")
     ap.add_argument("--json", metavar="FILE", help="also write the rows as JSON")

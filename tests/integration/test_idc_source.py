@@ -155,7 +155,8 @@ async def test_kill_and_resume_fetches_nothing_committed_again(tmp_path: Path) -
                 for i in await store.instances(s.uid)
                 if i.done
             }
-        assert len(committed) == 3
+        # files are renamed and recorded in batches: some were recorded before the kill
+        assert 0 < len(committed) < len(s3.objects)
         s3.requests.clear()
         report = await (await recorded_mirror(tmp_path / "out")).resume()  # only --out
         assert report.ok, report.problems

@@ -177,9 +177,14 @@ async def test_a_file_renamed_before_a_kill_is_adopted(tmp_path: Path, tamper: b
             await killed.download(
                 build_selection(manifests=[str(manifest)]), DownloadOptions(concurrency=1)
             )
-        last = renamed[-1]
+        # the kill hit after the fourth rename (a batch already under way in another worker
+        # may still have finished, as it would have before a real kill)
+        last = renamed[3]
         assert last.is_file()
         key = next(k for k, o in s3.objects.items() if o.body == last.read_bytes())
+        # files are renamed in batches: others of the crashed batch may be in place too
+        by_body = {o.body: k for k, o in s3.objects.items()}
+        on_disk = {by_body[p.read_bytes()] for p in out.rglob("*.dcm") if p.name[0] != "."}
         if tamper:  # same size, other bytes: the listing's MD5 refuses it
             data = bytearray(last.read_bytes())
             data[-1] ^= 0xFF
@@ -188,10 +193,11 @@ async def test_a_file_renamed_before_a_kill_is_adopted(tmp_path: Path, tamper: b
         report = await Mirror(out, config(s3)).resume()
         assert report.ok, report.problems
         fetched = {k for m, k, _r in s3.requests if m in ("GET", "HEAD") and k != "?list"}
-        assert len(fetched) == len(s3.objects) - (3 if tamper else 4)
+        assert key in on_disk and len(on_disk) >= 4
         if tamper:
-            assert report.files_adopted == 0 and key in fetched
+            assert fetched == set(s3.objects) - on_disk | {key}
         else:
-            assert report.files_adopted == 1 and key not in fetched
+            assert fetched == set(s3.objects) - on_disk
+            assert report.files_adopted >= 1
         assert last.read_bytes() == s3.objects[key].body
         assert (await Mirror(out).verify()).ok

@@ -41,3 +41,24 @@ def test_bench_harness_smoke(tmp_path: Path) -> None:
     table = (tmp_path / "latest.md").read_text()
     assert "### Scenario 1: WAN" in table and "| tool |" in table
     assert not (tmp_path / "work").exists()  # scratch data is removed
+
+
+@pytest.mark.slow
+def test_idc_bench_smoke(tmp_path: Path) -> None:
+    """``benchmarks/idc_bench.py`` on a few objects: each row byte-identical, the bucket's
+    serving CPU reported (s5cmd rows too when the machine has s5cmd on its PATH)."""
+    out = tmp_path / "idc.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "idc_bench.py"), "--objects", "24"]
+    cmd += ["--wan-objects", "8", "--workers", "4", "--json", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=180, check=False)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    rows = json.loads(out.read_text())
+    assert {(r["scenario"], r["tool"]) for r in rows} >= {
+        ("wan", "tcia-mirror"),
+        ("loopback", "tcia-mirror"),
+    }
+    for r in rows:
+        assert r["byte_identical"] and r["exit"] == 0, r
+        assert r["objects"] == (8 if r["scenario"] == "wan" else 24)
+        assert r["server_cpu_s"] >= 0 and r["cpu_s_per_GB"] > 0
+    assert "| scenario | tool |" in done.stdout

@@ -131,8 +131,13 @@ class Fetcher:
         limits: ZipLimits | None = None,
         after_rename: Callable[[Path], None] | None = None,
         opener: Callable[..., BinaryIO] = open,
+        connections: int = 8,
     ) -> None:
         self.source = source
+        # bodies streaming at once: a worker holds a slot while its bytes arrive, not while
+        # its file is checked, synced and committed (the engine runs more workers than slots,
+        # so a connection never waits for a disk)
+        self._net = anyio.CapacityLimiter(max(1, connections))
         self._opener = opener  # how temp files are opened (tests inject ENOSPC, EROFS)
         self.store = store
         self.root = root
@@ -363,7 +368,7 @@ class Fetcher:
         try:
             async with one_error(), anyio.create_task_group() as tg:
                 try:
-                    async with self.source.open(unit, md5=self.md5) as body:
+                    async with self._net, self.source.open(unit, md5=self.md5) as body:
                         async for chunk in body:
                             # inflate, CRC, MD5 and large writes on the loop: measured on 2 cores
                             # (loopback, 8 ZIPs at once), a worker-thread hop per chunk gave the
@@ -490,7 +495,7 @@ class Fetcher:
             async with one_error(), anyio.create_task_group() as tg:
                 if self.md5 and sop not in work.archive_md5:
                     tg.start_soon(ask_md5)
-                async with self.source.open(unit, md5=self.md5) as body:
+                async with self._net, self.source.open(unit, md5=self.md5) as body:
                     # the loop only gathers chunks: opening, writing and hashing happen in a
                     # worker thread, a batch (SPILL bytes, or the whole of a small object) at
                     # a time, so the second core does the byte work

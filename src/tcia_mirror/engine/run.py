@@ -39,6 +39,9 @@ from tcia_mirror.store.base import SeriesState, Store
 __all__ = ["IDLE_LOOK", "DownloadOptions", "SeriesRunner", "one_line"]
 
 IDLE_LOOK = 2.0  # seconds between looks of a worker with nothing to lease while others work
+# workers per connection: while one worker's file is synced and committed, another's body
+# streams (the Fetcher lets --concurrency bodies stream at once)
+WORKERS_PER_CONNECTION = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +171,7 @@ class SeriesRunner:
             fsync=opts.fsync,
             after_rename=self.after_rename,
             opener=self.opener,
+            connections=opts.concurrency,
         )
         summary = await store.summary()
         self.progress.on_start(
@@ -265,7 +269,7 @@ class SeriesRunner:
 
         try:
             async with one_error(), anyio.create_task_group() as tg:
-                for _ in range(opts.concurrency):
+                for _ in range(opts.concurrency * WORKERS_PER_CONNECTION):
                     tg.start_soon(worker)
         finally:
             await queue.aclose()

@@ -8,9 +8,6 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import pydicom
-from pydicom.errors import InvalidDicomError
-
 _TAGS = ["SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "PatientID"]
 
 
@@ -24,6 +21,9 @@ class DicomIds:
 
 def read_ids(path: Path | str) -> DicomIds | None:
     """The UIDs in a file's header, or None when it is not a readable DICOM file."""
+    import pydicom  # noqa: PLC0415 (a fallback: importing it costs a command ~0.2 s)
+    from pydicom.errors import InvalidDicomError  # noqa: PLC0415
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # odd VRs are not our concern; the UIDs are

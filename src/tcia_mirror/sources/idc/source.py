@@ -15,17 +15,17 @@ whole file.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import io
 import random
 import warnings
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import anyio
-import pydicom
 
 from tcia_mirror.errors import DataError, InputError, RemoteError, TransferError, one_error
 from tcia_mirror.selection import Selection
@@ -33,6 +33,9 @@ from tcia_mirror.sources.base import FetchUnit, Mode, PlanResult, SeriesView
 from tcia_mirror.sources.http import AdaptiveLimiter, RetryPolicy, Sleep, real_sleep
 from tcia_mirror.sources.idc.manifest import BucketRef, endpoint_for
 from tcia_mirror.sources.idc.s3 import ObjectInfo, S3Client, split_etag
+
+if TYPE_CHECKING:
+    import pydicom
 from tcia_mirror.store.base import SeriesPlan, SeriesState
 
 __all__ = ["HEAD_BYTES", "IdcSource", "collection_of", "object_key", "split_key"]
@@ -71,6 +74,8 @@ def split_key(key: str) -> tuple[str, str]:
 
 def collection_of(ds: pydicom.Dataset) -> str | None:
     """TCIA's "Project Name": (0013,xx10) in the private block whose creator is ``CTP``."""
+    import pydicom  # noqa: PLC0415 (imported when first needed: see IdcSource.plan)
+
     for elem in ds.group_dataset(0x0013):
         if elem.tag.element < 0x0100 and _text(elem.value) == "CTP":
             tag = pydicom.tag.Tag(0x0013, (elem.tag.element << 8) | 0x10)
@@ -86,7 +91,13 @@ def _text(value: object) -> str:
     return str(value).strip(" \x00")
 
 
+async def _import_soon(module: str) -> None:
+    await anyio.to_thread.run_sync(importlib.import_module, module)
+
+
 def _read_head(head: bytes) -> pydicom.Dataset | None:
+    import pydicom  # noqa: PLC0415
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -181,6 +192,8 @@ class IdcSource:
                 folders[i] = _Folder(ref, endpoint, objects)
 
         async with one_error(), anyio.create_task_group() as tg:
+            # pydicom (for the header reads below) is imported while the listings travel
+            tg.start_soon(_import_soon, "pydicom")
             for i, ref in enumerate(refs):
                 tg.start_soon(list_one, i, ref)
         # legacy file-level lines: the objects of one folder make one series
