@@ -288,13 +288,12 @@ class Fetcher:
         """
         writer = entry.writer
         if writer is None:
-            writer = self._writer(entry.temp_dest)
+            writer = entry.writer = self._writer(entry.temp_dest)
             try:
-                writer.write(bytes(entry.buf))
+                entry.flush_chunks()
             except BaseException:
                 writer.abort()
                 raise
-            entry.writer = writer
         args = (writer, work, entry.digest.hexdigest(), entry.size, None, bytes(entry.head))
         c = self._check(*args, claimed)
         if c is None:
@@ -360,7 +359,7 @@ class Fetcher:
                         by_name[e.name] = c
             finally:
                 if c is not None and c.pending:
-                    e.buf = bytearray()  # its temp file now belongs to the pending record
+                    e.chunks = []  # its temp file now belongs to the pending record
                 else:
                     e.discard()
                 slots.release()

@@ -29,12 +29,14 @@ HEAD = 16 * 1024  # bytes of each file kept for the fast header check
 class ZipEntry:
     """One DICOM entry of a ZIP being received: in memory while small, else streamed to disk."""
 
-    __slots__ = ("name", "temp_dest", "buf", "writer", "digest", "head", "size")
+    __slots__ = ("name", "temp_dest", "chunks", "buffered", "writer", "digest", "head", "size")
 
     def __init__(self, name: str, temp_dest: Path) -> None:
         self.name = name
         self.temp_dest = temp_dest
-        self.buf = bytearray()
+        # a small entry's pieces as they came (no copy into one buffer; written as they are)
+        self.chunks: list[bytes] = []
+        self.buffered = 0
         self.writer: AtomicWriter | None = None
         self.digest = hashlib.md5(usedforsecurity=False)
         self.head = bytearray()
@@ -45,20 +47,29 @@ class ZipEntry:
         self.size += len(data)
         if len(self.head) < HEAD:
             self.head += data[: HEAD - len(self.head)]
-        if self.writer is None and len(self.buf) + len(data) <= _BUFFER_MAX:
-            self.buf += data
+        if self.writer is None and self.buffered + len(data) <= _BUFFER_MAX:
+            self.chunks.append(data)
+            self.buffered += len(data)
             return
         if self.writer is None:
             self.writer = make_writer(self.temp_dest)
-            self.writer.write(bytes(self.buf))
-            self.buf = bytearray()
+            self.flush_chunks()
         self.writer.write(data)
+
+    def flush_chunks(self) -> None:
+        """Write the buffered pieces to the temp file (opened already)."""
+        assert self.writer is not None
+        for piece in self.chunks:
+            self.writer.write(piece)
+        self.chunks = []
+        self.buffered = 0
 
     def discard(self) -> None:
         """Drop the temp file, if any (a no-op after commit)."""
         if self.writer is not None:
             self.writer.abort()
-        self.buf = bytearray()
+        self.chunks = []
+        self.buffered = 0
 
 
 @dataclass(slots=True)
