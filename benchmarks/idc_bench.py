@@ -132,7 +132,9 @@ def digests(out: Path) -> Counter[str]:
     return c
 
 
-def run_one(tool: str, scenario: dict[str, Any], workers: int, work: Path) -> dict[str, Any]:
+def run_one(
+    tool: str, scenario: dict[str, Any], workers: int, work: Path, src: str | None = None
+) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     out = work / "out"
     out.mkdir()
@@ -155,7 +157,10 @@ def run_one(tool: str, scenario: dict[str, Any], workers: int, work: Path) -> di
                 f'cd "{out}" && exec "{binary}" --no-sign-request --endpoint-url '
                 f'{bucket.endpoint} --numworkers {workers} run "{bucket.manifest}"',
             ]  # fmt: skip
-        run = run_tool(cmd, work / f"{tool}.log", env={"TCIA_BASE_URL": "http://127.0.0.1:9/"})
+        env = {"TCIA_BASE_URL": "http://127.0.0.1:9/"}
+        if src and tool == "tcia-mirror":
+            env["PYTHONPATH"] = src  # another checkout's tcia-mirror (before/after)
+        run = run_tool(cmd, work / f"{tool}.log", env=env)
     finally:
         server_cpu = bucket.stop()
     want = Counter(t["md5"] for t in bucket.truth)
@@ -184,6 +189,11 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=8, help="connections of each tool")
     ap.add_argument("--scenario", choices=["wan", "loopback", "all"], default="all")
     ap.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+    ap.add_argument(
+        "--tcia-mirror-src",
+        metavar="DIR",
+        help="run tcia-mirror from this source tree (another commit's src/, for before/after)",
+    )
     ap.add_argument("--serve", metavar="CONFIG", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
@@ -201,7 +211,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="idc-bench-") as tmp:
         for name in chosen:
             for tool in tools:
-                row = run_one(tool, scenarios[name], args.workers, Path(tmp) / name / tool)
+                work = Path(tmp) / name / tool
+                row = run_one(tool, scenarios[name], args.workers, work, args.tcia_mirror_src)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     cols = ["scenario", "tool", "objects", "MB", "MB/s", "objects/s", "cpu_s_per_GB",

@@ -84,8 +84,9 @@ class Fed:
 
 
 class ZipState:
-    """The byte work of one ZIP stream, run chunk by chunk in a worker thread: inflate, CRC,
-    MD5 and the writes of large entries. Entry names are never used as paths."""
+    """The byte work of one ZIP stream, chunk by chunk on the event loop: inflate, CRC, MD5
+    and the writes of large entries (complete entries are finished in worker threads). Entry
+    names are never used as paths."""
 
     def __init__(
         self,
