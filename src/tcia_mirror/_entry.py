@@ -1,4 +1,5 @@
-"""The console script: a Ctrl-C guard around everything, the imports included.
+"""The console script: a Ctrl-C guard around everything, the imports included (a Ctrl-C
+during the imports is held until they are done, then ends the command).
 
 Importing the CLI pulls in aiohttp, anyio and pydicom (a few hundred milliseconds); a Ctrl-C in
 that time used to print a long traceback. This module imports nothing heavy itself, so the guard
@@ -18,9 +19,24 @@ EXIT_INTERRUPTED = 130  # as cli.EXIT_INTERRUPTED
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # A Ctrl-C during the imports is held until they are done: raised inside an arbitrary
+    # import (a class body, a __set_name__) it can surface as another error, or leave the
+    # interpreter to die of the signal. The imports take well under a second.
+    held: list[int] = []
+    previous = None
     try:
-        from tcia_mirror.cli.main import run  # noqa: PLC0415 - the point: imported inside the guard
-
+        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # e.g. started with nohup
+            previous = signal.signal(signal.SIGINT, lambda signum, _frame: held.append(signum))
+    except (ValueError, OSError):  # not the main thread
+        pass
+    try:
+        try:
+            from tcia_mirror.cli.main import run  # noqa: PLC0415 - the point: inside the guard
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+        if held:
+            raise KeyboardInterrupt
         return run(argv)
     except KeyboardInterrupt:
         try:
