@@ -104,3 +104,24 @@ async def test_a_batch_under_way_is_recorded_even_when_its_leader_is_cancelled()
             threading.Timer(0.15, log.gate.set).start()  # the batch outlives the cancellation
             await anyio.sleep(1)
     assert log.recorded == [["a"]] and not log.dropped
+
+
+async def test_prepare_runs_before_any_rename_and_a_failed_prepare_drops_the_batch() -> None:
+    log = Log()
+    order: list[str] = []
+
+    async def prepare(items: list[str]) -> None:
+        order.append(f"prepare {items}")
+        if "bad" in items:
+            raise OSError(5, "Input/output error")
+
+    def publish(items: list[str]) -> None:
+        order.append(f"publish {items}")
+        log.publish(items)
+
+    gc = GroupCommitter(publish, log.record, log.drop, prepare)
+    await gc.commit(["a"])
+    with pytest.raises(OSError, match="Input/output error"):
+        await gc.commit(["bad"])
+    assert order == ["prepare ['a']", "publish ['a']", "prepare ['bad']"]
+    assert log.recorded == [["a"]] and log.dropped == ["bad"]

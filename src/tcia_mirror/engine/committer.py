@@ -35,15 +35,18 @@ class _Ticket(Generic[T]):
 
 
 class GroupCommitter(Generic[T]):
-    """``publish(items)`` runs in a worker thread, then ``record(items)`` on the loop; both see
-    a whole batch. ``drop(items)`` discards files never published (their worker left)."""
+    """``prepare(items)`` on the loop (what must be stored before any rename), then
+    ``publish(items)`` in a worker thread, then ``record(items)`` on the loop; each sees a whole
+    batch. ``drop(items)`` discards files never published (their worker left)."""
 
     def __init__(
         self,
         publish: Callable[[list[T]], None],
         record: Callable[[list[T]], Awaitable[None]],
         drop: Callable[[list[T]], None],
+        prepare: Callable[[list[T]], Awaitable[None]] | None = None,
     ) -> None:
+        self._prepare = prepare
         self._publish = publish
         self._record = record
         self._drop = drop
@@ -75,6 +78,12 @@ class GroupCommitter(Generic[T]):
         items = [item for t in batch for item in t.items]
         self.batches += 1
         try:
+            if self._prepare is not None:
+                try:
+                    await self._prepare(items)
+                except BaseException:
+                    self._drop(items)  # nothing of the batch was renamed
+                    raise
             await anyio.to_thread.run_sync(self._publish, items)
             await self._record(items)
         except Exception as exc:  # each worker of the batch raises it

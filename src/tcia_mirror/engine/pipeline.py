@@ -88,6 +88,7 @@ class _Committed:
     md5: str
     writer: AtomicWriter = field(repr=False, compare=False)
     pending: bool = False  # checked, kept as a temp file until the archive's MD5 list came
+    stated: str | None = None  # where the archive's MD5 came from, when it is still to be stored
 
 
 class _SingleFile:
@@ -153,7 +154,7 @@ class Fetcher:
         self._after_rename = after_rename
         # every file enters the mirror through here: renamed and recorded in batches
         self._committer: GroupCommitter[tuple[SeriesWork, _Committed]] = GroupCommitter(
-            self._publish_batch, self._record_batch, self._drop_batch
+            self._publish_batch, self._record_batch, self._drop_batch, self._store_stated
         )
 
     # -- shared ----------------------------------------------------------------------------
@@ -259,6 +260,16 @@ class Fetcher:
         if self._after_rename is not None:
             for _w, c in items:
                 self._after_rename(c.writer.dest)
+
+    async def _store_stated(self, items: list[tuple[SeriesWork, _Committed]]) -> None:
+        """Before a batch is renamed: the MD5s the archive stated for its files, so a file
+        renamed before a kill is adopted on resume only if it matches them."""
+        by_key: dict[tuple[str, str], dict[str, str]] = {}
+        for w, c in items:
+            if c.stated is not None:
+                by_key.setdefault((w.uid, c.stated), {})[c.sop] = w.archive_md5[c.sop]
+        for (uid, where), md5s in by_key.items():
+            await self.store.set_expected_md5(uid, md5s, where)
 
     async def _record_batch(self, items: list[tuple[SeriesWork, _Committed]]) -> None:
         """Record a published batch: one store transaction per series."""
@@ -506,9 +517,9 @@ class Fetcher:
                         if batched >= SPILL:
                             spill, batch, batched = batch, [], 0
                             await anyio.to_thread.run_sync(out.write, spill)
-            if stated and stated[0] is not None:  # stored first: the file counts once checked
+            where = None
+            if stated and stated[0] is not None:  # stored with the batch, before its renames
                 md5, where = stated[0]
-                await self.store.set_expected_md5(work.uid, {sop: md5}, where)
                 work.archive_md5[sop], work.md5_source[sop] = md5, where
 
             def finish() -> _Committed | None:
@@ -522,9 +533,11 @@ class Fetcher:
                 return c
 
             c = await anyio.to_thread.run_sync(finish)
+            if c is None and where is not None:  # refused: the archive's MD5 binds later runs
+                await self.store.set_expected_md5(work.uid, {sop: work.archive_md5[sop]}, where)
             if c is not None:
                 handed = True  # the committer owns the file now: it publishes or drops it
-                await self._committer.commit([(work, c)])
+                await self._committer.commit([(work, replace(c, stated=where))])
         except BaseException:
             if not handed:
                 out.abort()
