@@ -92,9 +92,11 @@ class _Committed:
 
 
 class _SingleFile:
-    """A single object's temp file, opened, written and hashed in worker threads only."""
+    """A single object's temp file. The loop only gathers its chunks (:meth:`take`); it is
+    opened, written and hashed in worker threads, ``SPILL`` bytes (or the whole of a small
+    object) at a time, so the second core does the byte work."""
 
-    __slots__ = ("_fetcher", "_dest", "writer", "digest", "head")
+    __slots__ = ("_fetcher", "_dest", "writer", "digest", "head", "size", "_batch", "_batched")
 
     def __init__(self, fetcher: Fetcher, dest: Path) -> None:
         self._fetcher = fetcher
@@ -102,6 +104,23 @@ class _SingleFile:
         self.writer: AtomicWriter | None = None
         self.digest = hashlib.md5(usedforsecurity=False)
         self.head = bytearray()
+        self.size = 0  # bytes received
+        self._batch: list[bytes] = []
+        self._batched = 0
+
+    async def take(self, chunk: bytes) -> None:
+        """On the loop: gather ``chunk``; every ``SPILL`` bytes a worker thread writes them."""
+        self.size += len(chunk)
+        self._batch.append(chunk)
+        self._batched += len(chunk)
+        if self._batched >= SPILL:
+            spill, self._batch, self._batched = self._batch, [], 0
+            await anyio.to_thread.run_sync(self.write, spill)
+
+    def write_rest(self) -> AtomicWriter:
+        """Worker thread: write what is still gathered (opening the file if nothing was)."""
+        rest, self._batch, self._batched = self._batch, [], 0
+        return self.write(rest)
 
     def write(self, chunks: list[bytes]) -> AtomicWriter:
         """Worker thread: append ``chunks`` (opening the temp file on the first call)."""
@@ -496,9 +515,6 @@ class Fetcher:
             else f"object-{hashlib.sha1(sop.encode()).hexdigest()[:16]}.dcm"
         )
         out = _SingleFile(self, self.root / work.rel_dir / temp)
-        size = 0
-        batch: list[bytes] = []
-        batched = 0
         c: _Committed | None = None
         handed = False
         try:
@@ -506,26 +522,18 @@ class Fetcher:
                 if self.md5 and sop not in work.archive_md5:
                     tg.start_soon(ask_md5)
                 async with self._net, self.source.open(unit, md5=self.md5) as body:
-                    # the loop only gathers chunks: opening, writing and hashing happen in a
-                    # worker thread, a batch (SPILL bytes, or the whole of a small object) at
-                    # a time, so the second core does the byte work
                     async for chunk in body:
                         self._bytes(len(chunk))
-                        size += len(chunk)
-                        batch.append(chunk)
-                        batched += len(chunk)
-                        if batched >= SPILL:
-                            spill, batch, batched = batch, [], 0
-                            await anyio.to_thread.run_sync(out.write, spill)
+                        await out.take(chunk)
             where = None
             if stated and stated[0] is not None:  # stored with the batch, before its renames
                 md5, where = stated[0]
                 work.archive_md5[sop], work.md5_source[sop] = md5, where
 
             def finish() -> _Committed | None:
-                writer = out.write(batch)
+                writer = out.write_rest()
                 c = self._check(
-                    writer, work, out.digest.hexdigest(), size, want, bytes(out.head),
+                    writer, work, out.digest.hexdigest(), out.size, want, bytes(out.head),
                     None, None if want else sop,
                 )  # fmt: skip
                 if c is not None:
@@ -541,9 +549,9 @@ class Fetcher:
         except BaseException:
             if not handed:
                 out.abort()
-            self._bytes(-size)
+            self._bytes(-out.size)
             raise
         if c is None:
-            self._bytes(-size)
+            self._bytes(-out.size)
             return False
         return True
