@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import anyio
 import pytest
 from test_reliability import CraftedSim, dataset, make_zip, series_entries
 
@@ -83,7 +84,8 @@ async def test_no_md5_asks_for_none_and_says_so(tmp_path: Path) -> None:
 
 
 class _CutBeforeTheList:
-    """A Source whose series ZIP breaks off after its last DICOM entry, before md5hashes.csv."""
+    """A Source whose series ZIP breaks off after its last DICOM entry, before md5hashes.csv
+    (``cut`` beyond its end: the whole ZIP)."""
 
     def __init__(self, inner: NbiaSource, zip_bytes: bytes, cut: int) -> None:
         self.inner, self.zip_bytes, self.cut = inner, zip_bytes, cut
@@ -95,7 +97,8 @@ class _CutBeforeTheList:
     async def open(self, unit: FetchUnit, *, md5: bool) -> AsyncIterator[AsyncIterator[bytes]]:
         async def body() -> AsyncIterator[bytes]:
             yield self.zip_bytes[: self.cut]
-            raise TransferError("getImage: ClientPayloadError: cut before md5hashes.csv")
+            if self.cut <= len(self.zip_bytes):
+                raise TransferError("getImage: ClientPayloadError: cut before md5hashes.csv")
 
         yield body()
 
@@ -168,3 +171,44 @@ async def test_verify_checks_the_archives_md5_not_our_own(tmp_path: Path) -> Non
         assert bad[0]["expected"] == hashlib.md5(data).hexdigest()
         assert (await mirror.resume()).ok
         assert dicom_files(tmp_path) == ground_truth_files(sim, [s.series_uid])
+
+
+class _SlowStatedStore(SqliteStore):
+    """A store that is still storing a ZIP's stated MD5s when the run is cancelled."""
+
+    entered: anyio.Event
+
+    async def set_expected_md5(self, series_uid: str, md5s: dict[str, str], where: str) -> None:
+        self.entered.set()
+        await anyio.sleep_forever()
+
+
+async def test_a_run_cancelled_while_a_zips_md5s_are_stored_leaves_no_temp_file(
+    tmp_path: Path,
+) -> None:
+    """CI caught it: a disk full in another series cancelled this ZIP in that window, and its
+    files waiting for the MD5 list stayed behind as ``.part`` files."""
+    ds = dataset()
+    uid = ds.series[1].series_uid
+    entries = series_entries(ds, uid)
+    digests = [(str(n), hashlib.md5(d).hexdigest()) for n, d in entries]
+    body = make_zip([*entries, ("md5hashes.csv", render_md5_csv(digests))])
+    async with running_sim() as sim:
+        async with ArchiveClient(config_for(sim)) as client:
+            source = _CutBeforeTheList(NbiaSource(client), body, len(body) + 1)
+            store = await _SlowStatedStore.open(tmp_path, create=True)
+            store.entered = anyio.Event()
+            async with store:
+                from tcia_mirror.store.base import SeriesPlan
+
+                await store.record_plan([SeriesPlan(uid, "C", "P", "1.2", len(entries), None)])
+                work = SeriesWork(uid, "C", "C/P/S", frozenset(), len(entries), None)
+                fetcher = Fetcher(source, store, tmp_path, NullProgress())  # type: ignore[arg-type]
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(fetcher.fetch_zip, work, FetchUnit(uid, "archive"))
+                    await store.entered.wait()
+                    tg.cancel_scope.cancel()
+                assert work.done == {}
+                assert fetcher.bytes_received == 0
+    assert not list(tmp_path.rglob("*.dcm"))
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".part")]

@@ -456,7 +456,13 @@ class Fetcher:
         resume only if it matches them."""
         stated = {c.sop: archive_md5[n] for n, c in pending.items() if n in archive_md5}
         if stated:
-            await self.store.set_expected_md5(work.uid, stated, "md5hashes.csv")
+            try:
+                await self.store.set_expected_md5(work.uid, stated, "md5hashes.csv")
+            except BaseException:  # cancelled or failed: no waiting file is left behind
+                for c in pending.values():
+                    c.writer.abort()
+                    self._bytes(-c.size)
+                raise
             for sop, md5 in stated.items():
                 work.archive_md5[sop] = md5
                 work.md5_source[sop] = "md5hashes.csv"
