@@ -11,11 +11,13 @@ import errno
 import hashlib
 import io
 import json
+import os
 import sqlite3
 import stat
 import warnings
 import zipfile
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -38,14 +40,17 @@ from reliability_kit import (
 )
 from tcia_mirror.cli import run as cli_run
 from tcia_mirror.engine.mirror import DownloadOptions, Mirror, RunReport
+from tcia_mirror.engine.pipeline import Fetcher, SeriesWork
 from tcia_mirror.errors import DiskError, InputError, ProtocolError
 from tcia_mirror.progress import NullProgress
 from tcia_mirror.selection import Selection
+from tcia_mirror.sources.base import FetchUnit
 from tcia_mirror.sources.http import RetryPolicy
 from tcia_mirror.sources.nbia.auth import Credentials
 from tcia_mirror.sources.nbia.client import ArchiveClient, ClientConfig
 from tcia_mirror.sources.nbia.formats import render_md5_csv
 from tcia_mirror.sources.nbia.profiles import load_profile
+from tcia_mirror.store.sqlite import SqliteStore
 from tcia_mirror.testing.simulator import Dataset, DatasetSpec, Faults, Simulator
 from tcia_mirror.testing.simulator.faults import IMAGE_ENDPOINTS, ZIP_ENDPOINTS
 
@@ -745,6 +750,44 @@ def failing_opener(budget: int, code: int = errno.ENOSPC) -> Callable[..., Binar
         return _FailingFile(open(path, mode), left, code)  # type: ignore[return-value]  # noqa: SIM115
 
     return opener
+
+
+class _OneChunkZip:
+    """A Source whose ZIP arrives in one chunk, MD5s unstated."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+
+    def states_md5(self, unit: FetchUnit, *, md5: bool) -> str | None:
+        return None
+
+    @asynccontextmanager
+    async def open(self, unit: FetchUnit, *, md5: bool) -> AsyncIterator[AsyncIterator[bytes]]:
+        async def body() -> AsyncIterator[bytes]:
+            yield self.body
+
+        yield body()
+
+
+@pytest.mark.anyio
+async def test_disk_full_inside_a_chunk_leaves_no_temp_file_of_the_entries_before(
+    tmp_path: Path,
+) -> None:
+    """Two large entries (streamed to disk) in one chunk: the disk fills up in the second, and
+    the first, complete but not handed on yet, must not stay behind as a ``.part`` file."""
+    big = 3 * 2**19  # above the size kept in memory
+    body = make_zip([("00000001.dcm", os.urandom(big)), ("00000002.dcm", os.urandom(big))])
+    store = await SqliteStore.open(tmp_path, create=True)
+    async with store:
+        work = SeriesWork("1.2.3", "C", "C/P/S", frozenset(), 2, None)
+        fetcher = Fetcher(
+            _OneChunkZip(body), store, tmp_path, NullProgress(),  # type: ignore[arg-type]
+            opener=failing_opener(big + 2**18),
+        )  # fmt: skip
+        with pytest.raises(DiskError):
+            await fetcher.fetch_zip(work, FetchUnit("1.2.3", "archive"))
+    assert fetcher.bytes_received == 0
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".part")]
 
 
 @pytest.mark.parametrize("mode", ["zip", "single"])

@@ -371,6 +371,7 @@ class Fetcher:
         defer = self.source.states_md5(unit, md5=self.md5) is not None
         pending: dict[str, _Committed] = {}
         completed = False  # the task group ended without being cancelled
+        counted = 0  # of zs.received
 
         async def finish(e: ZipEntry) -> None:
             c: _Committed | None = None
@@ -403,8 +404,9 @@ class Fetcher:
                             # (loopback, 8 ZIPs at once), a worker-thread hop per chunk gave the
                             # same wall time for ~1.5 CPU s/GB more (the server has the other core)
                             fed = zs.feed(chunk)
-                            if fed.received:
-                                self._bytes(fed.received)
+                            if zs.received > counted:
+                                self._bytes(zs.received - counted)
+                                counted = zs.received
                             for bad, size in fed.crc_bad:
                                 self._bytes(-size)
                                 work.problem("crc_mismatch", found=bad)
@@ -414,17 +416,17 @@ class Fetcher:
                                 )
                             if fed.md5_list is not None:
                                 archive_md5 = parse_md5_csv(fed.md5_list)
-                            for e in fed.finished:
+                            while zs.complete:
                                 await slots.acquire()
-                                tg.start_soon(finish, e)
+                                tg.start_soon(finish, zs.complete.pop(0))
                         zs.reader.close()
                 except Exception as exc:  # let the finishers commit what was complete
                     stream_error = exc
             completed = True
         finally:
-            if zs.entry is not None:  # the stream broke inside this entry
-                zs.entry.discard()
-                self._bytes(-zs.entry.size)
+            # the entry the stream broke inside, and complete ones never handed on (the bytes
+            # of a chunk whose feed failed were never counted)
+            self._bytes(zs.received - counted - zs.discard())
             if stream_error is not None or not completed:
                 for c in pending.values():  # unconfirmed: never counted, never left behind
                     c.writer.abort()

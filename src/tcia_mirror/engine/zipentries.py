@@ -76,8 +76,6 @@ class ZipEntry:
 class Fed:
     """What one chunk of a ZIP stream gave: entries to finalise and small entries' bodies."""
 
-    received: int = 0  # DICOM bytes received
-    finished: list[ZipEntry] = field(default_factory=list)  # complete, CRC right
     crc_bad: list[tuple[str, int]] = field(default_factory=list)  # (entry name, its bytes)
     license: bytes | None = None
     md5_list: bytes | None = None
@@ -100,6 +98,10 @@ class ZipState:
         self.kind = ""
         self.name = ""
         self.entry: ZipEntry | None = None
+        # complete entries, CRC right, not yet handed to a finisher: whoever stops the stream
+        # discards what is left here (a large entry has a temp file on disk)
+        self.complete: list[ZipEntry] = []
+        self.received = 0  # DICOM bytes received, counted before a write can fail
         self.small = bytearray()
         self.rejected: list[str] = []
 
@@ -109,8 +111,8 @@ class ZipState:
             if isinstance(ev, EntryData):
                 if self.kind == "dicom":
                     assert self.entry is not None
+                    self.received += len(ev.data)
                     self.entry.add(ev.data, self.make_writer)
-                    out.received += len(ev.data)
                 elif self.kind in ("license", "md5"):
                     self.small += ev.data
                     if len(self.small) > _SMALL_CAP:
@@ -120,6 +122,14 @@ class ZipState:
             elif isinstance(ev, EntryEnd):
                 self._end(ev, out)
         return out
+
+    def discard(self) -> int:
+        """Drop every entry not handed on (the stream stopped); returns their DICOM bytes."""
+        left = [*self.complete, *([self.entry] if self.entry is not None else [])]
+        self.complete, self.entry = [], None
+        for e in left:
+            e.discard()
+        return sum(e.size for e in left)
 
     def _start(self, ev: EntryStart) -> None:
         self.name = ev.name
@@ -141,7 +151,7 @@ class ZipState:
             assert self.entry is not None
             e, self.entry = self.entry, None
             if ev.crc_ok:
-                out.finished.append(e)
+                self.complete.append(e)
             else:
                 e.discard()
                 out.crc_bad.append((self.name, e.size))
