@@ -79,6 +79,13 @@ def _run_options() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--no-md5", action="store_true", help="skip the MD5-carrying image endpoint")
     p.add_argument(
+        "--zip-workers",
+        type=int,
+        metavar="N",
+        help="processes that inflate, hash and write ZIP entries beside the main one "
+        "(default: one per core, at most 2; 0: all in the main process)",
+    )
+    p.add_argument(
         "--give-up-after",
         type=float,
         default=600.0,
@@ -233,6 +240,8 @@ def _print_report(args: argparse.Namespace, report: RunReport) -> int:
 def _options(args: argparse.Namespace, **extra: Any) -> DownloadOptions:
     if getattr(args, "lease", 60.0) <= 0:
         raise InputError("--lease must be more than 0 seconds")
+    if (getattr(args, "zip_workers", None) or 0) < 0:
+        raise InputError("--zip-workers must be 0 or more")
     return DownloadOptions(
         mode=getattr(args, "mode", "zip"),
         concurrency=args.concurrency,
@@ -240,6 +249,7 @@ def _options(args: argparse.Namespace, **extra: Any) -> DownloadOptions:
         give_up_after=args.give_up_after,
         lease=getattr(args, "lease", 60.0),
         max_connections_total=getattr(args, "max_connections_total", None),
+        zip_workers=getattr(args, "zip_workers", None),
         **extra,
     )
 

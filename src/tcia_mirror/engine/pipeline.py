@@ -19,6 +19,7 @@ import anyio
 
 from tcia_mirror.engine.committer import GroupCommitter
 from tcia_mirror.engine.zipentries import HEAD, ZipEntry, ZipState
+from tcia_mirror.engine.zipproc import LocalZip, RemoteZip, ZipWorkers
 from tcia_mirror.errors import one_error
 from tcia_mirror.fs.atomic import AtomicWriter, disk_error, fsync_dir
 from tcia_mirror.fs.dicomio import ids_from_head, read_ids
@@ -152,6 +153,7 @@ class Fetcher:
         after_rename: Callable[[Path], None] | None = None,
         opener: Callable[..., BinaryIO] = open,
         connections: int = 8,
+        zip_workers: ZipWorkers | None = None,
     ) -> None:
         self.source = source
         # bodies streaming at once: a worker holds a slot while its bytes arrive, not while
@@ -159,6 +161,9 @@ class Fetcher:
         # so a connection never waits for a disk)
         self._net = anyio.CapacityLimiter(max(1, connections))
         self._opener = opener  # how temp files are opened (tests inject ENOSPC, EROFS)
+        # ZIP byte work in worker processes; on the loop when None, or when a test injects
+        # faults into file writes (they happen in this process only)
+        self._zip_workers = zip_workers if opener is open else None
         self.store = store
         self.root = root
         self.progress = progress
@@ -359,7 +364,12 @@ class Fetcher:
         stream goes on, at most ``_PIPELINE`` at once. Raises on a broken stream, after
         committing every entry that was complete, so the engine retries.
         """
-        zs = ZipState(ZipStreamReader(self.limits), self._series_dir(work), self._writer)
+        series_dir = self._series_dir(work)
+        zs: LocalZip | RemoteZip
+        if self._zip_workers is not None:
+            zs = await self._zip_workers.stream(series_dir)
+        else:
+            zs = LocalZip(ZipState(ZipStreamReader(self.limits), series_dir, self._writer))
         by_name: dict[str, _Committed] = {}
         archive_md5: dict[str, str] | None = None
         claimed: set[str] = set()
@@ -403,7 +413,7 @@ class Fetcher:
                             # inflate, CRC, MD5 and large writes on the loop: measured on 2 cores
                             # (loopback, 8 ZIPs at once), a worker-thread hop per chunk gave the
                             # same wall time for ~1.5 CPU s/GB more (the server has the other core)
-                            fed = zs.feed(chunk)
+                            fed = await zs.feed(chunk)
                             if zs.received > counted:
                                 self._bytes(zs.received - counted)
                                 counted = zs.received
@@ -419,14 +429,16 @@ class Fetcher:
                             while zs.complete:
                                 await slots.acquire()
                                 tg.start_soon(finish, zs.complete.pop(0))
-                        zs.reader.close()
+                        await zs.close()
                 except Exception as exc:  # let the finishers commit what was complete
                     stream_error = exc
             completed = True
         finally:
             # the entry the stream broke inside, and complete ones never handed on (the bytes
             # of a chunk whose feed failed were never counted)
-            self._bytes(zs.received - counted - zs.discard())
+            with anyio.CancelScope(shield=True):
+                dropped = await zs.discard()
+            self._bytes(zs.received - counted - dropped)
             if stream_error is not None or not completed:
                 for c in pending.values():  # unconfirmed: never counted, never left behind
                     c.writer.abort()

@@ -7,7 +7,9 @@ runner talks to the Store and Source protocols only.
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncGenerator, Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -18,6 +20,7 @@ from tcia_mirror.engine.adopt import examine, unrecorded_files
 from tcia_mirror.engine.pipeline import Fetcher, SeriesWork
 from tcia_mirror.engine.reports import RunReport
 from tcia_mirror.engine.scheduler import GiveUpBudget, Job, JobQueue
+from tcia_mirror.engine.zipproc import ZipWorkers
 from tcia_mirror.errors import (
     AuthError,
     BadRequestError,
@@ -34,6 +37,7 @@ from tcia_mirror.progress import Progress
 from tcia_mirror.records import Outcome, totals_problems
 from tcia_mirror.sources.base import Mode, Source
 from tcia_mirror.sources.http import RetryPolicy, Sleep
+from tcia_mirror.sources.nbia.zipstream import ZipLimits
 from tcia_mirror.store.base import SeriesState, Store
 
 __all__ = ["IDLE_LOOK", "DownloadOptions", "SeriesRunner", "one_line"]
@@ -42,6 +46,7 @@ IDLE_LOOK = 2.0  # seconds between looks of a worker with nothing to lease while
 # workers per connection: while one worker's file is synced and committed, another's body
 # streams (the Fetcher lets --concurrency bodies stream at once)
 WORKERS_PER_CONNECTION = 2
+ZIP_WORKERS_MAX = 2  # measured on 2 cores (benchmarks/README.md, issue 9)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +66,18 @@ class DownloadOptions:
     lease: float = 60.0
     # the archive's connection budget shared by every worker of the plan (recorded in the plan)
     max_connections_total: int | None = None
+    # processes that inflate, hash and write ZIP entries beside the event loop's (0: on the
+    # loop; None: one per core, at most ZIP_WORKERS_MAX)
+    zip_workers: int | None = None
+
+
+def zip_worker_count(opts: DownloadOptions) -> int:
+    """ZIP worker processes for a run: none in single mode or with ``--zip-workers 0``."""
+    if opts.mode != "zip":
+        return 0
+    if opts.zip_workers is not None:
+        return max(0, opts.zip_workers)
+    return min(ZIP_WORKERS_MAX, os.cpu_count() or 1)
 
 
 @dataclass(slots=True)
@@ -162,6 +179,12 @@ class SeriesRunner:
             return 0
         claimed = len(first)
         lost: set[str] = set()  # series whose lease another worker took over
+        procs = zip_worker_count(opts)
+        zip_workers = (
+            ZipWorkers(procs, root=self.root, fsync=opts.fsync, limits=ZipLimits())
+            if procs
+            else None
+        )
         fetcher = Fetcher(
             source,
             store,
@@ -172,6 +195,7 @@ class SeriesRunner:
             after_rename=self.after_rename,
             opener=self.opener,
             connections=opts.concurrency,
+            zip_workers=zip_workers,
         )
         summary = await store.summary()
         self.progress.on_start(
@@ -268,7 +292,7 @@ class SeriesRunner:
                     queue.done(follow)
 
         try:
-            async with one_error(), anyio.create_task_group() as tg:
+            async with zip_workers or nullcontext(), one_error(), anyio.create_task_group() as tg:
                 for _ in range(opts.concurrency * WORKERS_PER_CONNECTION):
                     tg.start_soon(worker)
         finally:

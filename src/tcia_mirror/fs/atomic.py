@@ -21,6 +21,7 @@ test can record them and pin their order: data fsynced, then renamed, then the f
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import os
@@ -123,7 +124,10 @@ class AtomicWriter:
         opener: Callable[..., BinaryIO] = open,
         mirror_dir: Path | None = None,
         ops: FsOps = DEFAULT_OPS,
+        owner: str | None = None,
     ) -> None:
+        """``owner``: the ``pid@host`` in the temp name, when another process (a ZIP worker)
+        writes on this one's behalf: the temp file is then this process's to clean up."""
         self.dest = Path(dest)
         self._fsync = fsync
         self._ops = ops
@@ -131,9 +135,12 @@ class AtomicWriter:
         stem = self.dest.name
         if len(stem.encode("utf-8", errors="surrogatepass")) > _MAX_TEMP_STEM:
             stem = stem[: _MAX_TEMP_STEM // 4]
-        name = f".{stem}.{os.getpid()}@{host_tag()}.{secrets.token_hex(4)}.part"
+        owner = owner or f"{os.getpid()}@{host_tag()}"
+        name = f".{stem}.{owner}.{secrets.token_hex(4)}.part"
         self._temp = self.dest.with_name(name)
         self._done = False
+        self._external = False  # written by another process (see written())
+        self._synced = False  # (such a file) fsynced already
         self.size = 0
         try:
             self.dest.parent.mkdir(parents=True, exist_ok=True)
@@ -141,6 +148,54 @@ class AtomicWriter:
         except OSError as exc:
             self._done = True
             raise disk_error(exc, self.dest, mirror_dir) from exc
+
+    @classmethod
+    def written(
+        cls,
+        temp: Path,
+        dest: Path,
+        *,
+        fsync: bool = True,
+        mirror_dir: Path | None = None,
+        ops: FsOps = DEFAULT_OPS,
+    ) -> AtomicWriter:
+        """A writer for a temp file another process wrote and closed: it can be synced (the
+        data reaches the disk before the rename), committed or aborted."""
+        self = cls.__new__(cls)
+        self.dest, self._temp = Path(dest), Path(temp)
+        self._fsync, self._ops, self._mirror_dir = fsync, ops, mirror_dir
+        self._done, self._file, self._external, self._synced = False, None, True, False
+        self.size = 0
+        return self
+
+    def _sync_path(self) -> None:
+        """fsync a file written by another process (once)."""
+        if self._synced:
+            return
+        try:
+            fd = os.open(self._temp, os.O_RDONLY)
+            try:
+                self._ops.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            self.abort()
+            raise disk_error(exc, self.dest, self._mirror_dir) from exc
+        self._synced = True
+
+    def release(self) -> Path:
+        """Close the temp file and hand it over (a worker process to its parent): it is no
+        longer this writer's to commit or remove. Returns its path."""
+        f, self._file = self._file, None
+        self._done = True
+        if f is not None:
+            try:
+                f.close()
+            except OSError as exc:
+                with contextlib.suppress(OSError):
+                    os.unlink(self._temp)
+                raise disk_error(exc, self.dest, self._mirror_dir) from exc
+        return self._temp
 
     @property
     def temp_path(self) -> Path:
@@ -170,6 +225,9 @@ class AtomicWriter:
         fsync then finds nothing left to write: a batch of files can be synced in parallel as
         they complete and renamed together."""
         f = self._file
+        if self._external and self._fsync and not self._done:
+            self._sync_path()
+            return
         if f is None or not self._fsync:
             return
         try:
@@ -189,16 +247,19 @@ class AtomicWriter:
         :func:`fsync_dir` call.
         """
         f = self._file
-        if f is None:
+        if f is None and (self._done or not self._external):
             raise ValueError(f"{self.dest}: commit after commit/abort")
         if dest is not None:
             self.dest = Path(dest)
         try:
-            f.flush()
-            if self._fsync:
-                self._ops.fsync(f.fileno())
-            f.close()
-            self._file = None
+            if f is not None:
+                f.flush()
+                if self._fsync:
+                    self._ops.fsync(f.fileno())
+                f.close()
+                self._file = None
+            elif self._fsync:
+                self._sync_path()
             self._ops.replace(self._temp, self.dest)
         except OSError as exc:
             self.abort()

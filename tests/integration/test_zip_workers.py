@@ -1,0 +1,170 @@
+"""ZIP worker processes (issue 9): a ZIP's byte work in another process gives the same mirror as
+on the event loop, and a worker that dies, a run that is cancelled or a parent that is killed
+leave no temp file behind and lose nothing committed."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+import pytest
+from test_reliability import dataset, make_zip, series_entries
+
+from helpers import config_for, running_sim
+from tcia_mirror.engine.mirror import DownloadOptions, Mirror
+from tcia_mirror.engine.pipeline import Fetcher, SeriesWork
+from tcia_mirror.engine.zipproc import ZipWorkers
+from tcia_mirror.engine.zipworker import DATA, OPEN, TO_WORKER
+from tcia_mirror.errors import TransferError
+from tcia_mirror.progress import NullProgress
+from tcia_mirror.selection import Selection
+from tcia_mirror.sources.base import FetchUnit
+from tcia_mirror.sources.nbia.zipstream import ZipLimits
+from tcia_mirror.store.base import SeriesPlan
+from tcia_mirror.store.sqlite import SqliteStore
+
+pytestmark = pytest.mark.anyio
+
+
+def _parts(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.name.endswith(".part")]
+
+
+def _mirror_files(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.md5(p.read_bytes()).hexdigest()
+        for p in root.rglob("*.dcm")
+    }
+
+
+@pytest.mark.parametrize("profile", ["nbia-v4", "nbia-v1"])
+async def test_worker_processes_and_the_event_loop_make_the_same_mirror(
+    tmp_path: Path, profile: str
+) -> None:
+    async with running_sim() as sim:
+        coll = sim.dataset.series[0].collection
+        mirrors = {}
+        for procs in (0, 2):
+            root = tmp_path / f"w{procs}"
+            report = await Mirror(root, config_for(sim, profile)).download(
+                Selection(collection=coll), DownloadOptions(zip_workers=procs)
+            )
+            assert report.ok, report.problems
+            mirrors[procs] = _mirror_files(root)
+            assert not _parts(root)
+    assert mirrors[0] and mirrors[0] == mirrors[2]
+
+
+class _TwoHalves:
+    """A Source whose ZIP comes in two chunks; ``between`` runs after the first."""
+
+    def __init__(self, body: bytes, between: Callable[[], None]) -> None:
+        self.body, self.between = body, between
+
+    def states_md5(self, unit: FetchUnit, *, md5: bool) -> str | None:
+        return None
+
+    @asynccontextmanager
+    async def open(self, unit: FetchUnit, *, md5: bool) -> AsyncIterator[AsyncIterator[bytes]]:
+        async def body() -> AsyncIterator[bytes]:
+            half = len(self.body) // 2
+            yield self.body[:half]
+            await anyio.sleep(0.2)  # the first half's entries are handed over meanwhile
+            self.between()
+            yield self.body[half:]
+
+        yield body()
+
+
+async def test_a_worker_that_dies_mid_zip_costs_a_retry_and_leaves_no_temp_file(
+    tmp_path: Path,
+) -> None:
+    ds = dataset()
+    uid = ds.series[1].series_uid
+    entries = series_entries(ds, uid)
+    body = make_zip(entries)
+    store = await SqliteStore.open(tmp_path, create=True)
+    async with store, ZipWorkers(1, root=tmp_path, fsync=True, limits=ZipLimits()) as zw:
+        await store.record_plan([SeriesPlan(uid, "C", "P", "1.2", len(entries), None)])
+        work = SeriesWork(uid, "C", "C/P/S", frozenset(), len(entries), None)
+
+        def kill() -> None:
+            for w in zw._workers:  # the test reaches in: there is no other way to kill one
+                w.proc.kill()
+
+        fetcher = Fetcher(
+            _TwoHalves(body, kill), store, tmp_path, NullProgress(),  # type: ignore[arg-type]
+            zip_workers=zw,
+        )  # fmt: skip
+        with pytest.raises(TransferError, match="ZIP worker process ended"):
+            await fetcher.fetch_zip(work, FetchUnit(uid, "archive"))
+        first = dict(work.done)
+        assert len(first) < len(entries)  # what was complete before the kill may count
+        assert not _parts(tmp_path)
+        # the retry gets a new worker and finishes the series
+        fetcher.source = _TwoHalves(body, lambda: None)  # type: ignore[assignment]
+        await fetcher.fetch_zip(work, FetchUnit(uid, "archive"))
+        assert len(work.done) == len(entries)
+        assert {k: v for k, v in work.done.items() if k in first} == first
+        assert fetcher.bytes_received == sum(len(d) for _n, d in entries)
+    assert not _parts(tmp_path)
+    on_disk = {hashlib.md5(p.read_bytes()).hexdigest() for p in tmp_path.rglob("*.dcm")}
+    assert on_disk == {hashlib.md5(d).hexdigest() for _n, d in entries}
+
+
+class _CancelAfter(NullProgress):
+    def __init__(self, scope: anyio.CancelScope) -> None:
+        self.scope = scope
+
+    def on_bytes(self, n: int) -> None:
+        self.scope.cancel()
+
+
+async def test_a_cancelled_run_leaves_no_temp_file_of_its_workers(tmp_path: Path) -> None:
+    """Regression: the workers' reply readers were cancelled with the run, so the aborts of
+    its ZIPs went unanswered and the entries the workers had written stayed behind."""
+    async with running_sim() as sim:
+        coll = sim.dataset.series[0].collection
+        for n in range(3):
+            root = tmp_path / str(n)
+            with anyio.CancelScope() as scope:
+                m = Mirror(root, config_for(sim, "nbia-v4"), progress=_CancelAfter(scope))
+                await m.download(Selection(collection=coll), DownloadOptions(zip_workers=2))
+            assert scope.cancelled_caught
+            assert not _parts(root)
+
+
+def test_a_worker_whose_parent_is_gone_removes_what_it_had_not_handed_over(
+    tmp_path: Path,
+) -> None:
+    """The parent killed (-9): the worker's input ends, it removes its unfinished entry's temp
+    file and exits."""
+    big = os.urandom(3 * 2**20)  # streamed to a temp file as it comes
+    body = make_zip([("00000001.dcm", big)])
+    src = Path(__file__).resolve().parents[2] / "src"
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tcia_mirror.engine.zipworker"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
+    )  # fmt: skip
+    assert proc.stdin is not None and proc.stdout is not None
+    args = (str(tmp_path), str(tmp_path), True, "1@host", (2**30, 200.0, 1000))
+    opened = pickle.dumps(args)
+    proc.stdin.write(TO_WORKER.pack(OPEN, 1, len(opened)) + opened)
+    piece = body[: len(body) * 2 // 3]  # inside the entry
+    proc.stdin.write(TO_WORKER.pack(DATA, 1, len(piece)) + piece)
+    proc.stdin.flush()
+    proc.stdout.read(8)  # its reply: the chunk was worked
+    assert len(_parts(tmp_path)) == 1  # the entry's temp file, named for the parent
+    assert _parts(tmp_path)[0].name.split(".")[-3] == "1@host"
+    proc.stdin.close()
+    assert proc.wait(timeout=20) == 0
+    proc.stdout.close()
+    assert not _parts(tmp_path)
