@@ -18,8 +18,10 @@ import pytest
 from test_reliability import dataset, make_zip, series_entries
 
 from helpers import config_for, running_sim
+from tcia_mirror.engine import pipeline, zipproc
 from tcia_mirror.engine.mirror import DownloadOptions, Mirror
 from tcia_mirror.engine.pipeline import Fetcher, SeriesWork
+from tcia_mirror.engine.run import zip_worker_count
 from tcia_mirror.engine.zipproc import ZipWorkers
 from tcia_mirror.engine.zipworker import DATA, OPEN, TO_WORKER
 from tcia_mirror.errors import TransferError
@@ -155,7 +157,7 @@ def test_a_worker_whose_parent_is_gone_removes_what_it_had_not_handed_over(
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
     )  # fmt: skip
     assert proc.stdin is not None and proc.stdout is not None
-    args = (str(tmp_path), str(tmp_path), True, "1@host", (2**30, 200.0, 1000))
+    args = (str(tmp_path), str(tmp_path), True, "1@host", "0123abcd", (2**30, 200.0, 1000))
     opened = pickle.dumps(args)
     proc.stdin.write(TO_WORKER.pack(OPEN, 1, len(opened)) + opened)
     piece = body[: len(body) * 2 // 3]  # inside the entry
@@ -168,3 +170,58 @@ def test_a_worker_whose_parent_is_gone_removes_what_it_had_not_handed_over(
     assert proc.wait(timeout=20) == 0
     proc.stdout.close()
     assert not _parts(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("opts", "spawned"),
+    [
+        (DownloadOptions(), min(2, os.cpu_count() or 1)),
+        (DownloadOptions(zip_workers=1), 1),
+        (DownloadOptions(zip_workers=0), 0),
+        (DownloadOptions(mode="single"), 0),
+    ],
+)
+async def test_how_many_worker_processes_a_run_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, opts: DownloadOptions, spawned: int
+) -> None:
+    """README: by default one per core, at most 2 (started as ZIPs need them); none with
+    ``--zip-workers 0`` or in single mode."""
+    started: list[object] = []
+    real = zipproc._spawn
+
+    async def counting() -> object:
+        proc = await real()
+        started.append(proc)
+        return proc
+
+    monkeypatch.setattr(zipproc, "_spawn", counting)
+    assert zip_worker_count(opts) == spawned
+    async with running_sim() as sim:
+        s = sim.dataset.series  # more series than workers, fetched at once
+        report = await Mirror(tmp_path, config_for(sim)).download(
+            Selection(series=tuple(x.series_uid for x in s[:4])), opts
+        )
+        assert report.ok, report.problems
+    assert len(started) == spawned
+
+
+async def test_a_series_of_tiny_instances_stays_on_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Per-file work dominates tiny instances: measured, a worker made 3,000 files of 1 KB
+    slower (benchmarks/README.md, scenario 3). The test dataset's instances are 16x16."""
+    monkeypatch.setattr(pipeline, "ZIP_WORKER_MIN_MEAN", 64 * 1024)
+    started: list[object] = []
+    real = zipproc._spawn
+
+    async def counting() -> object:
+        started.append(await real())
+        return started[-1]
+
+    monkeypatch.setattr(zipproc, "_spawn", counting)
+    async with running_sim() as sim:
+        coll = sim.dataset.series[0].collection
+        report = await Mirror(tmp_path, config_for(sim)).download(Selection(collection=coll))
+        assert report.ok, report.problems
+    assert started == []
+    assert _mirror_files(tmp_path)

@@ -42,12 +42,17 @@ class ZipEntry:
         self.head = bytearray()
         self.size = 0
 
-    def add(self, data: bytes, make_writer: Callable[[Path], AtomicWriter]) -> None:
+    def add(
+        self,
+        data: bytes,
+        make_writer: Callable[[Path], AtomicWriter],
+        buffer_max: int = _BUFFER_MAX,
+    ) -> None:
         self.digest.update(data)
         self.size += len(data)
         if len(self.head) < HEAD:
             self.head += data[: HEAD - len(self.head)]
-        if self.writer is None and self.buffered + len(data) <= _BUFFER_MAX:
+        if self.writer is None and self.buffered + len(data) <= buffer_max:
             self.chunks.append(data)
             self.buffered += len(data)
             return
@@ -91,8 +96,12 @@ class ZipState:
         reader: ZipStreamReader,
         series_dir: Path,
         make_writer: Callable[[Path], AtomicWriter],
+        buffer_max: int = _BUFFER_MAX,
     ) -> None:
+        """``buffer_max``: an entry up to this size is kept in memory until complete (0: each
+        is written as it comes, e.g. in a ZIP worker, which writes every entry anyway)."""
         self.reader = reader
+        self.buffer_max = buffer_max
         self.series_dir = series_dir
         self.make_writer = make_writer
         self.kind = ""
@@ -112,7 +121,7 @@ class ZipState:
                 if self.kind == "dicom":
                     assert self.entry is not None
                     self.received += len(ev.data)
-                    self.entry.add(ev.data, self.make_writer)
+                    self.entry.add(ev.data, self.make_writer, self.buffer_max)
                 elif self.kind in ("license", "md5"):
                     self.small += ev.data
                     if len(self.small) > _SMALL_CAP:

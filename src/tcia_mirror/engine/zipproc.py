@@ -15,11 +15,13 @@ Both decoders answer the same calls: ``feed(chunk) -> Fed`` (complete entries ar
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import math
 import os
 import pickle
+import secrets
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -85,6 +87,26 @@ def _raise(kind: str, message: str) -> None:
 
 
 @dataclass(eq=False)
+class _Leftovers:
+    """The temp files a ZIP stream's worker wrote into its series folder: every name ends in
+    ``suffix`` (the stream's own); those ``handed`` over belong to the Fetcher."""
+
+    folder: Path
+    suffix: str
+    handed: set[str] = field(default_factory=set)
+
+    def remove(self) -> None:
+        try:
+            names = os.listdir(self.folder)
+        except OSError:
+            return
+        for name in names:
+            if name.endswith(self.suffix) and name not in self.handed:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.folder / name)
+
+
+@dataclass(eq=False)
 class _Worker:
     proc: Process
     lock: anyio.Lock = field(default_factory=anyio.Lock)
@@ -117,13 +139,16 @@ class RemoteZip:
         replies: MemoryObjectReceiveStream[tuple[Any, ...]],
         fsync: bool,
         root: Path,
+        leftovers: _Leftovers,
     ) -> None:
         self._w, self._sid, self._replies = worker, sid, replies
+        self._leftovers = leftovers
         self._fsync, self._root = fsync, root
         self.complete: list[ZipEntry] = []
         self.rejected: list[str] = []
         self.received = 0
         self._ended = False  # the worker sent this stream's last reply
+        self._gone = False  # ... or died before it could
         # DICOM bytes of entries the worker handed over or refused (CRC): the rest of what
         # it received is in an entry it had not finished when the stream stopped
         self._settled = 0
@@ -135,12 +160,14 @@ class RemoteZip:
             msg = ("error", "TransferError", _GONE, 0)
         if msg[0] != "fed":
             self._ended = True
+            self._gone = msg[0] == "error" and msg[2] == _GONE
         return msg
 
     def _take(self, msg: tuple[Any, ...]) -> Fed:
         _, received, finished, rejected, crc_bad, license_, md5_list, _err = msg
         self.received = received
         for name, temp, size, md5, head in finished:
+            self._leftovers.handed.add(Path(temp).name)
             e = ZipEntry(name, Path(temp))
             e.writer = AtomicWriter.written(
                 Path(temp), Path(temp), fsync=self._fsync, mirror_dir=self._root
@@ -184,6 +211,8 @@ class RemoteZip:
         left, self.complete[:] = list(self.complete), []
         for e in left:
             e.discard()
+        if self._gone:  # a worker that died removed nothing: what it left is ours to remove
+            await anyio.to_thread.run_sync(self._leftovers.remove)
         self._replies.close()
         return self.received - self._settled + sum(e.size for e in left)
 
@@ -225,9 +254,11 @@ class ZipWorkers:
         send, receive = anyio.create_memory_object_stream[tuple[Any, ...]](math.inf)
         w.streams[sid] = send
         limits = dataclasses.astuple(self._limits)
-        args = (str(series_dir), str(self._root), self._fsync, self._owner, limits)
+        token = secrets.token_hex(4)  # in the name of every temp file of this stream
+        args = (str(series_dir), str(self._root), self._fsync, self._owner, token, limits)
         await w.send(OPEN, sid, pickle.dumps(args))
-        return RemoteZip(w, sid, receive, self._fsync, self._root)
+        leftovers = _Leftovers(series_dir, f".{self._owner}.{token}.part")
+        return RemoteZip(w, sid, receive, self._fsync, self._root, leftovers)
 
     async def _pick(self) -> _Worker:
         async with self._spawn_lock:

@@ -18,6 +18,7 @@ removes the temp files of entries it had not handed over, and exits.
 from __future__ import annotations
 
 import pickle
+import signal
 import struct
 import sys
 from dataclasses import dataclass
@@ -46,15 +47,16 @@ class _Stream:
 
 
 def _open(args: tuple[Any, ...]) -> _Stream:
-    series_dir, root, fsync, owner, limits = args
+    series_dir, root, fsync, owner, token, limits = args
     mirror = Path(root)
 
     def make_writer(dest: Path) -> AtomicWriter:
         # the parent fsyncs each file in its thread pool (many at once), not this process
-        return AtomicWriter(dest, fsync=False, mirror_dir=mirror, owner=owner)
+        return AtomicWriter(dest, fsync=False, mirror_dir=mirror, owner=owner, token=token)
 
     reader = ZipStreamReader(ZipLimits(*limits))
-    return _Stream(ZipState(reader, Path(series_dir), make_writer), fsync)
+    # every entry is written as it comes: no entry is held in this process's memory
+    return _Stream(ZipState(reader, Path(series_dir), make_writer, buffer_max=0), fsync)
 
 
 def _hand_over(st: _Stream) -> list[tuple[str, str, int, str, bytes]]:
@@ -158,10 +160,16 @@ def main() -> None:
             fcntl.fcntl(f.fileno(), fcntl.F_SETPIPE_SZ, _PIPE_SIZE)  # Linux only
     except (ImportError, AttributeError, OSError):
         pass
+    # Ctrl-C reaches the whole process group: the parent stops this worker (it aborts its
+    # streams, then closes the input), so the worker waits for that instead of dying mid-reply
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         _serve(inp, out)
-    except (BrokenPipeError, KeyboardInterrupt):
-        pass
+    except BrokenPipeError:
+        pass  # the parent is gone: what was not handed over is removed already
+    except Exception as exc:  # noqa: BLE001 - one line, never a traceback; the parent retries
+        print(f"tcia-mirror: ZIP worker: {type(exc).__name__}: {exc}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -125,9 +125,12 @@ class AtomicWriter:
         mirror_dir: Path | None = None,
         ops: FsOps = DEFAULT_OPS,
         owner: str | None = None,
+        token: str | None = None,
     ) -> None:
         """``owner``: the ``pid@host`` in the temp name, when another process (a ZIP worker)
-        writes on this one's behalf: the temp file is then this process's to clean up."""
+        writes on this one's behalf: the temp file is then this process's to clean up.
+        ``token``: the temp name's 8 hex digits (random unless given; a ZIP worker's are its
+        stream's, so the parent can find what a worker that died left)."""
         self.dest = Path(dest)
         self._fsync = fsync
         self._ops = ops
@@ -136,7 +139,7 @@ class AtomicWriter:
         if len(stem.encode("utf-8", errors="surrogatepass")) > _MAX_TEMP_STEM:
             stem = stem[: _MAX_TEMP_STEM // 4]
         owner = owner or f"{os.getpid()}@{host_tag()}"
-        name = f".{stem}.{owner}.{secrets.token_hex(4)}.part"
+        name = f".{stem}.{owner}.{token or secrets.token_hex(4)}.part"
         self._temp = self.dest.with_name(name)
         self._done = False
         self._external = False  # written by another process (see written())
