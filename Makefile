@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.stamp-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install test demo check lint format bench bench-idc bench-smoke bench-pg soak clean
+.PHONY: install test demo check lint format bench bench-idc bench-bytes bench-smoke bench-pg soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,12 @@ bench:
 bench-idc:
 	sh benchmarks/setup.sh
 	benchmarks/.venv/bin/python benchmarks/idc_bench.py --json benchmarks/results/idc.json
+
+# What each step of the ZIP byte path costs per GB on this machine (issue 9), deflated and stored
+bench-bytes:
+	sh benchmarks/setup.sh
+	benchmarks/.venv/bin/python benchmarks/bytecost.py --level 1
+	benchmarks/.venv/bin/python benchmarks/bytecost.py --level 0
 
 bench-smoke: $(STAMP)
 	$(PY) benchmarks/run.py --smoke --repeats 1 --results benchmarks/results/smoke

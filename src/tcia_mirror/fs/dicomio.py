@@ -71,7 +71,11 @@ _LONG_VRS = {
     b"UV",
 }
 _IMPLICIT_LE = "1.2.840.10008.1.2"
-_EXPLICIT_LE = "1.2.840.10008.1.2.1"
+_DICOM_TS = "1.2.840.10008.1.2"  # the root of the standard transfer syntaxes
+# the data sets the fast path cannot read: big endian, and deflated (the whole data set is
+# compressed). Every other transfer syntax, the encapsulated ones (JPEG, JPEG 2000, RLE, ...)
+# included, encodes its data set as explicit VR little endian (PS3.5 A.4); only pixels differ.
+_NOT_EXPLICIT_LE = frozenset({"1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"})
 
 
 def ids_from_head(head: bytes) -> DicomIds | None:
@@ -89,11 +93,9 @@ def ids_from_head(head: bytes) -> DicomIds | None:
     while pos + 8 <= end:
         group, elem = struct.unpack_from("<HH", head, pos)
         tag = group << 16 | elem
-        if group != 2 and ts is None:
-            return None
-        if group != 2 and ts not in (_IMPLICIT_LE, _EXPLICIT_LE):
-            return None
-        if group != 2:
+        if group != 2:  # the data set: its encoding is the transfer syntax's
+            if ts is None or ts in _NOT_EXPLICIT_LE or not ts.startswith(_DICOM_TS):
+                return None  # unknown or private: pydicom decides
             implicit = ts == _IMPLICIT_LE
         if implicit:
             (length,) = struct.unpack_from("<I", head, pos + 4)
