@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import anyio
+from anyio.abc import TaskGroup
 
 from tcia_mirror.engine.committer import GroupCommitter
-from tcia_mirror.engine.zipentries import HEAD, ZipEntry, ZipState
+from tcia_mirror.engine.zipentries import HEAD, Fed, ZipEntry, ZipState
 from tcia_mirror.engine.zipproc import LocalZip, RemoteZip, ZipWorkers
 from tcia_mirror.errors import one_error
 from tcia_mirror.fs.atomic import AtomicWriter, disk_error, fsync_dir
@@ -416,31 +417,30 @@ class Fetcher:
                     e.discard()
                 slots.release()
 
+        async def take(fed: Fed, tg: TaskGroup) -> None:
+            """What a chunk (or the stream's end) completed: bytes, entries, the list."""
+            nonlocal counted, archive_md5
+            if zs.received > counted:
+                self._bytes(zs.received - counted)
+                counted = zs.received
+            for bad, size in fed.crc_bad:
+                self._bytes(-size)
+                work.problem("crc_mismatch", found=bad)
+            if fed.license is not None:
+                await anyio.to_thread.run_sync(self._write_license, work, fed.license)
+            if fed.md5_list is not None:
+                archive_md5 = parse_md5_csv(fed.md5_list)
+            while zs.complete:
+                await slots.acquire()
+                tg.start_soon(finish, zs.complete.pop(0))
+
         try:
             async with one_error(), anyio.create_task_group() as tg:
                 try:
                     async with self._net, self.source.open(unit, md5=self.md5) as body:
                         async for chunk in body:
-                            # inflate, CRC, MD5 and large writes on the loop: measured on 2 cores
-                            # (loopback, 8 ZIPs at once), a worker-thread hop per chunk gave the
-                            # same wall time for ~1.5 CPU s/GB more (the server has the other core)
-                            fed = await zs.feed(chunk)
-                            if zs.received > counted:
-                                self._bytes(zs.received - counted)
-                                counted = zs.received
-                            for bad, size in fed.crc_bad:
-                                self._bytes(-size)
-                                work.problem("crc_mismatch", found=bad)
-                            if fed.license is not None:
-                                await anyio.to_thread.run_sync(
-                                    self._write_license, work, fed.license
-                                )
-                            if fed.md5_list is not None:
-                                archive_md5 = parse_md5_csv(fed.md5_list)
-                            while zs.complete:
-                                await slots.acquire()
-                                tg.start_soon(finish, zs.complete.pop(0))
-                        await zs.close()
+                            await take(await zs.feed(chunk), tg)
+                        await take(await zs.close(), tg)
                 except Exception as exc:  # let the finishers commit what was complete
                     stream_error = exc
             completed = True

@@ -43,6 +43,7 @@ from tcia_mirror.sources.nbia.zipstream import ZipLimits
 __all__ = ["LocalZip", "RemoteZip", "ZipWorkers"]
 
 _GONE = "the ZIP worker process ended unexpectedly"
+FRAME = 256 * 1024  # bytes of a ZIP sent to a worker at once (the last frame may be smaller)
 _STOP_WAIT = 10.0  # seconds a worker gets to clean up and exit before it is killed
 
 
@@ -62,8 +63,9 @@ class LocalZip:
     async def feed(self, chunk: bytes) -> Fed:
         return self.zs.feed(chunk)
 
-    async def close(self) -> None:
+    async def close(self) -> Fed:
         self.zs.reader.close()
+        return Fed()
 
     async def discard(self) -> int:
         return self.zs.discard()
@@ -147,6 +149,8 @@ class RemoteZip:
         self.complete: list[ZipEntry] = []
         self.rejected: list[str] = []
         self.received = 0
+        self._gathered: list[bytes] = []  # chunks not sent yet (see feed)
+        self._size = 0
         self._ended = False  # the worker sent this stream's last reply
         self._gone = False  # ... or died before it could
         # DICOM bytes of entries the worker handed over or refused (CRC): the rest of what
@@ -179,7 +183,18 @@ class RemoteZip:
         return Fed(crc_bad=crc_bad, license=license_, md5_list=md5_list)
 
     async def feed(self, chunk: bytes) -> Fed:
-        await self._w.send(DATA, self._sid, chunk)
+        """Small chunks (a slow link) are gathered into frames of ``FRAME`` bytes: one round
+        trip to the worker per frame, not per chunk."""
+        self._gathered.append(chunk)
+        self._size += len(chunk)
+        if self._size < FRAME:
+            return Fed()
+        return await self._send_gathered()
+
+    async def _send_gathered(self) -> Fed:
+        data = self._gathered[0] if len(self._gathered) == 1 else b"".join(self._gathered)
+        self._gathered, self._size = [], 0
+        await self._w.send(DATA, self._sid, data)
         msg = await self._reply()
         if msg[0] != "fed":
             _raise(msg[1], msg[2])
@@ -189,11 +204,15 @@ class RemoteZip:
             _raise(*msg[-1])
         return fed
 
-    async def close(self) -> None:
+    async def close(self) -> Fed:
+        """The stream's end: its last frame, then the worker checks the archive was whole.
+        Returns what the last frame completed."""
+        fed = await self._send_gathered() if self._gathered else Fed()
         await self._w.send(END, self._sid)
         msg = await self._reply()
         if msg[0] == "error":
             _raise(msg[1], msg[2])
+        return fed
 
     async def discard(self) -> int:
         """Stop the stream (the worker removes its unfinished entry) and remove the temp files
