@@ -330,10 +330,28 @@ async def test_archive_unreachable_for_a_while_then_back(tmp_path: Path) -> None
 
 
 async def test_all_faults_at_once(tmp_path: Path) -> None:
-    ds = dataset("demo", seed=3)
+    # 24 small series in one collection: the ZIP-level faults (drop, truncate, HTML page) are
+    # drawn per ZIP request, and the draws' order follows the scheduling. With the 4-series
+    # collection this test once had, 1 run in 12 failed here (CI saw it): it drew none of them
+    # at all, or an HTML page answered the one hostile series' first ZIP. With 24 ZIP requests
+    # or more, none is drawn about once in 10^5 runs (0.612 ** 24).
+    spec = DatasetSpec(
+        name="faults",
+        collections=("SIM-LUNG-CT",),
+        patients=(4,),
+        studies_per_patient=(2, 2),
+        series_per_study=(3, 3),
+        instances_per_series=(3, 8),
+        rows=64,
+        cols=64,
+        seed=3,
+    )
+    ds = Dataset(spec)
     coll = ds.series[0].collection
     series = coll_series(ds, coll)
-    mismatch, hostile = series[1], series[2]
+    # four hostile series: an HTML page in place of a series' first ZIP (10 %) sends it to
+    # single images before its hostile ZIP is ever served, so one hostile series was not enough
+    mismatch, hostile = series[1], frozenset(series[2:6])
     faults = Faults(
         error_rate=0.1,
         rate_limit_rate=0.05,
@@ -341,7 +359,7 @@ async def test_all_faults_at_once(tmp_path: Path) -> None:
         drop_rate=0.15,
         truncate_rate=0.2,
         html_error_rate=0.1,
-        hostile_series=frozenset({hostile}),
+        hostile_series=hostile,
         size_mismatch_series=frozenset({mismatch}),
         seed=9,
     )
@@ -349,16 +367,18 @@ async def test_all_faults_at_once(tmp_path: Path) -> None:
         mirror = Mirror(tmp_path, cfg(sim), sleep=Sleeps())
         report = await mirror.download(Selection(collection=coll))
         unfinished = outcome(report, tmp_path, ds, series)
-        for _ in range(3):  # the flaky ones finish on resume; the two bad ones stay named
-            if unfinished <= {mismatch, hostile}:
+        for _ in range(3):  # the flaky ones finish on resume; the bad ones stay named
+            if unfinished <= {mismatch} | hostile:
                 break
             report = await mirror.resume()
             unfinished = outcome(report, tmp_path, ds, series)
-        assert mismatch in unfinished and unfinished <= {mismatch, hostile}
+        assert mismatch in unfinished and unfinished <= {mismatch} | hostile
         injected = sim.faults_injected
-        assert injected["hostile"] > 0 and len(injected) >= 4, injected
-        # the hostile series was fetched correctly with single images all the same
-        hostile_sops = {i.sop_uid for i in ds.get_series(hostile).instances}  # type: ignore[union-attr]
+        # each body fault alone fires a few times per run, so may miss one (tested alone above)
+        assert {"5xx", "429", "hostile"} <= set(injected), injected
+        assert set(injected) & {"drop", "truncate", "html"}, injected
+        # the hostile series were fetched correctly with single images all the same
+        hostile_sops = {i.sop_uid for s in hostile for i in ds.get_series(s).instances}  # type: ignore[union-attr]
         assert hostile_sops <= set(final_dicom_files(tmp_path))
 
 
