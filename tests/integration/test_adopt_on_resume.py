@@ -152,22 +152,27 @@ def test_single_mode_file_renamed_before_the_kill_is_adopted_not_fetched_again(
     out = tmp_path / "mirror"
     series = series_uids(st)[0]
     killed = kill_after_rename(st, out, series, "single", nth=3)
-    sop = killed.stem
-    # the kill hit the window: the file is whole under its final name, the store lacks it
-    assert renamed_not_recorded(out) == {sop: killed}
-    assert len(read_store(out).committed) == 2
-    assert singles(st, series, sop) == 1
-    before = stamp(killed)
+    # the kill hit the window: the file is whole under its final name, the store lacks it.
+    # Two workers share the connection and records are written in groups, so the file before
+    # it may be renamed and not yet recorded too (CI saw it once): each such file is adopted.
+    adrift = renamed_not_recorded(out)
+    assert killed.stem in adrift
+    recorded = len(read_store(out).committed)
+    assert recorded + len(adrift) >= 3
+    stamps = {sop: stamp(p) for sop, p in adrift.items()}
+    assert all(singles(st, series, sop) == 1 for sop in adrift)
 
     report = run(st, out, "single")
 
-    assert singles(st, series, sop) == 1, "the renamed file was fetched again"
+    committed = read_store(out).committed
+    for sop, path in adrift.items():
+        assert singles(st, series, sop) == 1, f"{sop}: the renamed file was fetched again"
+        assert stamp(path) == stamps[sop], f"{path} was rewritten"
+        assert sop in committed
     assert zips(st, series) == 0
-    assert stamp(killed) == before, "the renamed file was rewritten"
-    assert sop in read_store(out).committed
     assert report.ok, report.problems
-    assert report.files_adopted == 1
-    assert report.files_committed == N_INSTANCES - 3
+    assert report.files_adopted == len(adrift)
+    assert report.files_committed == N_INSTANCES - recorded - len(adrift)
     assert_mirror_correct(st, out, series)
 
 
