@@ -12,7 +12,9 @@ from tcia_mirror.config import client_config, resolve
 from tcia_mirror.engine.mirror import DownloadOptions, Mirror
 from tcia_mirror.selection import build_selection
 from tcia_mirror.sources.http import RetryPolicy
+from tcia_mirror.sources.idc.source import HEAD_BYTES, _identity_fast
 from tcia_mirror.sources.nbia.client import ClientConfig
+from tcia_mirror.store import open_store
 from tcia_mirror.store.sqlite import SqliteStore
 from tcia_mirror.testing.simulator import Dataset, DatasetSpec, Faults
 from tcia_mirror.testing.simulator.s3 import S3Simulator
@@ -215,3 +217,53 @@ async def test_a_changed_object_is_refused_never_mixed(tmp_path: Path) -> None:
         assert not report.ok
         assert all(p.name != "" for p in (tmp_path / "out").rglob("*.dcm"))
         assert len(on_disk(tmp_path / "out")) == len(s3.objects) - 1
+
+
+async def test_latin1_and_deflated_headers_are_planned_as_their_header_says(
+    tmp_path: Path,
+) -> None:
+    """A Latin-1 header (read by the fast reader) and a deflated one (the fast reader declines,
+    pydicom reads it): each series lands where its header says, named as pydicom names it."""
+    import io
+
+    import pydicom  # noqa: PLC0415
+    from pydicom.uid import DeflatedExplicitVRLittleEndian  # noqa: PLC0415
+
+    dataset = Dataset(DatasetSpec.preset("test"))
+    s3 = S3Simulator(None)
+    wanted: dict[str, tuple[str, str]] = {}  # folder -> (series uid, patient name)
+    for n, s in enumerate(dataset.series[:2]):
+        folder = f"f{n}"
+        for inst in s.instances:
+            ds = pydicom.dcmread(io.BytesIO(dataset.instance_bytes(s.series_uid, inst.sop_uid)))
+            ds.SpecificCharacterSet = "ISO_IR 100"
+            for elem in ds.iterall():  # the simulator's own texts may be outside Latin-1
+                if elem.VR in ("LO", "SH", "ST", "LT", "PN"):
+                    elem.value = "x"
+            ds.private_block(0x0013, "CTP", create=True).add_new(0x10, "LO", "Écoles-CT")
+            ds.PatientName = "Müller^Jörg"
+            if n == 1:
+                ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+            buf = io.BytesIO()
+            ds.save_as(buf, enforce_file_format=True)
+            s3.put(f"{folder}/{inst.sop_uid}.dcm", buf.getvalue())
+        wanted[folder] = (s.series_uid, "Müller^Jörg")
+        fast = _identity_fast(buf.getvalue()[:HEAD_BYTES])
+        if n == 1:
+            assert fast is None  # deflated: pydicom's to read
+        else:
+            assert fast is not None and fast["PatientName"] == "Müller^Jörg"
+    manifest = tmp_path / "m.s5cmd"
+    manifest.write_text("".join(f"cp s3://{s3.bucket}/{f}/* .\n" for f in wanted))
+    async with s3:
+        mirror = Mirror(tmp_path / "out", config(s3))
+        report = await mirror.download(build_selection(manifests=[str(manifest)]))
+        assert report.ok, report.problems
+    async with await open_store(None, tmp_path / "out", create=False) as store:
+        by_uid = {st.uid: st for st in await store.series()}
+    for series_uid, name in wanted.values():
+        st = by_uid[series_uid]
+        assert st.collection == "Écoles-CT"  # from the CTP block, decoded as Latin-1
+        assert st.fields["PatientName"] == name
+        files = list((tmp_path / "out" / "Écoles-CT").rglob(f"{series_uid}/*.dcm"))
+        assert len(files) == st.expected_count > 0

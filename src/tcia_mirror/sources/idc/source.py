@@ -28,6 +28,7 @@ import aiohttp
 import anyio
 
 from tcia_mirror.errors import DataError, InputError, RemoteError, TransferError, one_error
+from tcia_mirror.fs.dicomio import CHARSETS, head_texts
 from tcia_mirror.selection import Selection
 from tcia_mirror.sources.base import FetchUnit, Mode, PlanResult, SeriesView
 from tcia_mirror.sources.http import AdaptiveLimiter, RetryPolicy, Sleep, real_sleep
@@ -44,20 +45,22 @@ CHUNK = 256 * 1024
 HEAD_BYTES = 64 * 1024  # bytes of a series' first object read to learn its identity
 PLAN_CONCURRENCY = 32
 UNKNOWN_COLLECTION = "unknown-collection"
-_FIELDS = (
-    "PatientID",
-    "PatientName",
-    "StudyInstanceUID",
-    "StudyDate",
-    "StudyDescription",
-    "StudyID",
-    "SeriesInstanceUID",
-    "SeriesNumber",
-    "SeriesDescription",
-    "Modality",
-    "BodyPartExamined",
-    "Manufacturer",
-)
+_FIELDS = {  # the header's fields kept per series, by tag
+    "PatientID": 0x00100020,
+    "PatientName": 0x00100010,
+    "StudyInstanceUID": 0x0020000D,
+    "StudyDate": 0x00080020,
+    "StudyDescription": 0x00081030,
+    "StudyID": 0x00200010,
+    "SeriesInstanceUID": 0x0020000E,
+    "SeriesNumber": 0x00200011,
+    "SeriesDescription": 0x0008103E,
+    "Modality": 0x00080060,
+    "BodyPartExamined": 0x00180015,
+    "Manufacturer": 0x00080070,
+}
+_FIELD_TAGS = frozenset(_FIELDS.values())
+_PRIVATE_GROUP = 0x0013  # TCIA's CTP block, whose (0013,xx10) is the "Project Name"
 
 
 def object_key(bucket: str, key: str) -> str:
@@ -76,18 +79,20 @@ def collection_of(ds: pydicom.Dataset) -> str | None:
     """TCIA's "Project Name": (0013,xx10) in the private block whose creator is ``CTP``."""
     import pydicom  # noqa: PLC0415 (imported when first needed: see IdcSource.plan)
 
+    codec = CHARSETS.get(str(ds.get("SpecificCharacterSet", "")).strip(), "utf_8")
     for elem in ds.group_dataset(0x0013):
-        if elem.tag.element < 0x0100 and _text(elem.value) == "CTP":
+        if elem.tag.element < 0x0100 and _text(elem.value, codec) == "CTP":
             tag = pydicom.tag.Tag(0x0013, (elem.tag.element << 8) | 0x10)
             if tag in ds:
-                return _text(ds[tag].value) or None
+                return _text(ds[tag].value, codec) or None
     return None
 
 
-def _text(value: object) -> str:
-    """An element's value as text (a private element read as UN comes as bytes)."""
+def _text(value: object, codec: str) -> str:
+    """An element's value as text (a private element read as UN comes as bytes: decoded in
+    the data set's character set)."""
     if isinstance(value, bytes):
-        value = value.decode("utf-8", errors="replace")
+        value = value.decode(codec, errors="replace")
     return str(value).strip(" \x00")
 
 
@@ -104,6 +109,42 @@ def _read_head(head: bytes) -> pydicom.Dataset | None:
             return pydicom.dcmread(io.BytesIO(head), stop_before_pixels=True, force=False)
     except Exception:  # a head cut mid-element, or not DICOM: the caller reads more or refuses
         return None
+
+
+def _identity_fast(head: bytes, *, complete: bool = False) -> dict[str, Any] | None:
+    """The series' fields and collection from ``head`` without pydicom (see
+    :func:`~tcia_mirror.fs.dicomio.head_texts`), as :func:`_identity` gives them; None when
+    unsure. ``complete``: ``head`` is the whole object."""
+    texts = head_texts(
+        head, _FIELD_TAGS, 0x00200012, frozenset({_PRIVATE_GROUP}), complete=complete
+    )
+    if texts is None:
+        return None
+    fields: dict[str, Any] = {}
+    for name, tag in _FIELDS.items():
+        value = texts.get(tag)
+        if value is not None and name == "SeriesNumber":
+            value = value.strip(" ")  # an IS: pydicom gives it without its padding
+        fields[name] = value or None
+    collection = None
+    for tag, value in sorted(texts.items()):
+        element = tag & 0xFFFF
+        if tag >> 16 == _PRIVATE_GROUP and element < 0x0100 and value.strip(" ") == "CTP":
+            found = texts.get(_PRIVATE_GROUP << 16 | element << 8 | 0x10)
+            if found is not None:  # else the next CTP block, as collection_of does
+                collection = found.strip(" ")
+                break
+    fields["Collection"] = collection or None
+    return fields
+
+
+def _identity(ds: pydicom.Dataset) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    for name in _FIELDS:
+        value = ds.get(name)
+        fields[name] = None if value is None or str(value) == "" else str(value)
+    fields["Collection"] = collection_of(ds)
+    return fields
 
 
 def _listing_digest(objects: list[ObjectInfo]) -> str:
@@ -192,8 +233,6 @@ class IdcSource:
                 folders[i] = _Folder(ref, endpoint, objects)
 
         async with one_error(), anyio.create_task_group() as tg:
-            # pydicom (for the header reads below) is imported while the listings travel
-            tg.start_soon(_import_soon, "pydicom")
             for i, ref in enumerate(refs):
                 tg.start_soon(list_one, i, ref)
         # legacy file-level lines: the objects of one folder make one series
@@ -225,19 +264,19 @@ class IdcSource:
                 return
             async with limiter:
                 first = min(g.objects, key=lambda o: o.key)
-                ds = None
+                fields = None
                 for end in (HEAD_BYTES - 1, first.size - 1):
                     head = await self.s3.read(g.endpoint, g.ref.bucket, first.key, end=end)
-                    ds = _read_head(head)
-                    if ds is not None or end >= first.size - 1:
+                    fields = _identity_fast(head, complete=end >= first.size - 1)
+                    if fields is None:  # pydicom decides (imported in a thread: it is slow)
+                        await _import_soon("pydicom")
+                        ds = _read_head(head)
+                        fields = _identity(ds) if ds is not None else None
+                    if fields is not None or end >= first.size - 1:
                         break
-            if ds is None or not str(ds.get("SeriesInstanceUID", "")).strip():
+            if fields is None or not str(fields.get("SeriesInstanceUID") or "").strip():
                 raise DataError(f"{url}: its first object {first.key} is not a DICOM file")
-            fields: dict[str, Any] = {}
-            for name in _FIELDS:
-                value = ds.get(name)
-                fields[name] = None if value is None or str(value) == "" else str(value)
-            fields["Collection"] = collection_of(ds) or g.ref.collection or UNKNOWN_COLLECTION
+            fields["Collection"] = fields["Collection"] or g.ref.collection or UNKNOWN_COLLECTION
             plans[gk] = self._plan_for(g, url, digest, fields, None)
 
         async with one_error(), anyio.create_task_group() as tg:
