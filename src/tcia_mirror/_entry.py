@@ -17,6 +17,38 @@ if TYPE_CHECKING:
 
 EXIT_INTERRUPTED = 130  # as cli.EXIT_INTERRUPTED
 
+# glibc's malloc: buffers up to this size come from the heap, not a fresh mmap each
+_MMAP_THRESHOLD = 4 << 20
+# ... and the heap keeps up to this much free memory at its top instead of returning it
+_TRIM_THRESHOLD = 64 << 20
+
+
+def tune_malloc() -> bool:
+    """Stop glibc from returning the heap's top to the kernel after every body.
+
+    A download allocates and frees buffers of 256 KiB to a few MiB for every object. glibc's
+    default (a threshold that adapts to the sizes freed) kept giving that memory back and
+    faulting it in again: 130,000-210,000 minor page faults for 2,000 objects of 0.5 MB, about
+    14,000 with these settings, and less system time (benchmarks/README.md). A user's own
+    ``MALLOC_*_THRESHOLD_`` settings win; elsewhere than glibc this does nothing.
+    """
+    import os  # noqa: PLC0415
+
+    if sys.platform != "linux" or any(
+        k in os.environ for k in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_")
+    ):
+        return False
+    try:
+        import ctypes  # noqa: PLC0415
+
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError, ImportError):  # not glibc (musl has no mallopt)
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    return bool(mallopt(m_mmap_threshold, _MMAP_THRESHOLD)) and bool(
+        mallopt(m_trim_threshold, _TRIM_THRESHOLD)
+    )
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     # A Ctrl-C during the imports is held until they are done: raised inside an arbitrary
@@ -29,6 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             previous = signal.signal(signal.SIGINT, lambda signum, _frame: held.append(signum))
     except (ValueError, OSError):  # not the main thread
         pass
+    tune_malloc()
     try:
         try:
             from tcia_mirror.cli.main import run  # noqa: PLC0415 - the point: inside the guard
