@@ -80,7 +80,7 @@ class SeriesState:
     source: str = "nbia"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class InstanceState:
     series_uid: str
     sop_uid: str
