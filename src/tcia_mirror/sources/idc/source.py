@@ -161,6 +161,24 @@ class _Folder:
     objects: list[ObjectInfo]
 
 
+def _group(folders: list[_Folder]) -> tuple[dict[tuple[str, str], _Folder], list[str]]:
+    """Series by (bucket, folder): legacy file-level lines of one folder make one series. Also
+    the lines whose folder is empty or missing in the bucket."""
+    groups: dict[tuple[str, str], _Folder] = {}
+    missing: list[str] = []
+    for f in folders:
+        if not f.objects:
+            missing.append(f"{f.ref.url}: empty or missing in the bucket")
+            continue
+        folder = f.ref.path if f.ref.kind == "folder" else f.ref.path.rpartition("/")[0]
+        g = groups.get((f.ref.bucket, folder))
+        if g is None:
+            groups[(f.ref.bucket, folder)] = _Folder(f.ref, f.endpoint, list(f.objects))
+        else:
+            g.objects.extend(o for o in f.objects if o not in g.objects)
+    return groups, missing
+
+
 class IdcSource:
     """Series from IDC public buckets (anonymous, path-style requests).
 
@@ -210,6 +228,8 @@ class IdcSource:
         known: Mapping[str, SeriesState],
         on_message: Callable[[str], None] | None = None,
     ) -> PlanResult:
+        """List every folder, then read one header per series whose listing changed (a series
+        whose listing is the one recorded keeps its plan: no GET, no HEAD)."""
         refs = [BucketRef.from_text(t) for t in selection.bucket_series]
         for r in refs:
             if r.endpoint:
@@ -219,10 +239,45 @@ class IdcSource:
             for s in known.values()
             if s.fields.get("BucketFolder")
         }
-        folders: list[_Folder | None] = [None] * len(refs)
-        missing: list[str] = []
         limiter = anyio.CapacityLimiter(max(PLAN_CONCURRENCY, concurrency * 2))
         self.s3.limiter.set_limit(max(PLAN_CONCURRENCY, concurrency * 2))
+        groups, missing = _group(await self._list_all(refs, limiter))
+        if on_message:
+            on_message(f"listed {len(refs)} bucket folder(s); reading one header per series")
+        plans: dict[tuple[str, str], SeriesPlan] = {}
+        reused = 0
+
+        async def plan_one(gk: tuple[str, str], g: _Folder) -> None:
+            nonlocal reused
+            url = f"s3://{g.ref.bucket}/{gk[1]}/" if gk[1] else g.ref.url
+            digest = _listing_digest(g.objects)
+            old = by_folder.get(url)
+            if old is not None and old.fields.get("ListingDigest") == digest:
+                plans[gk] = self._plan_for(g, url, digest, dict(old.fields), old)  # no GET, no HEAD
+                reused += 1
+                return
+            async with limiter:
+                fields = await self._read_identity(g, url)
+            plans[gk] = self._plan_for(g, url, digest, fields, None)
+
+        async with one_error(), anyio.create_task_group() as tg:
+            for gk, g in groups.items():
+                tg.start_soon(plan_one, gk, g)
+        for g in groups.values():
+            for o in g.objects:
+                self._expect[object_key(g.ref.bucket, o.key)] = o
+        return PlanResult(
+            series=[plans[gk] for gk in groups],
+            missing=missing,
+            reused=reused,
+            requests=self.s3.requests,
+        )
+
+    async def _list_all(
+        self, refs: list[BucketRef], limiter: anyio.CapacityLimiter
+    ) -> list[_Folder]:
+        """Each line's listing (an object line: its one object), in the lines' order."""
+        folders: list[_Folder | None] = [None] * len(refs)
 
         async def list_one(i: int, ref: BucketRef) -> None:
             async with limiter:
@@ -235,63 +290,26 @@ class IdcSource:
         async with one_error(), anyio.create_task_group() as tg:
             for i, ref in enumerate(refs):
                 tg.start_soon(list_one, i, ref)
-        # legacy file-level lines: the objects of one folder make one series
-        groups: dict[tuple[str, str], _Folder] = {}
-        for f in folders:
-            assert f is not None
-            if not f.objects:
-                missing.append(f"{f.ref.url}: empty or missing in the bucket")
-                continue
-            folder = f.ref.path if f.ref.kind == "folder" else f.ref.path.rpartition("/")[0]
-            g = groups.get((f.ref.bucket, folder))
-            if g is None:
-                groups[(f.ref.bucket, folder)] = _Folder(f.ref, f.endpoint, list(f.objects))
-            else:
-                g.objects.extend(o for o in f.objects if o not in g.objects)
-        if on_message:
-            on_message(f"listed {len(refs)} bucket folder(s); reading one header per series")
-        plans: dict[tuple[str, str], SeriesPlan] = {}
-        reused = 0
+        return [f for f in folders if f is not None]
 
-        async def head_one(gk: tuple[str, str], g: _Folder) -> None:
-            nonlocal reused
-            url = f"s3://{g.ref.bucket}/{gk[1]}/" if gk[1] else g.ref.url
-            digest = _listing_digest(g.objects)
-            old = by_folder.get(url)
-            if old is not None and old.fields.get("ListingDigest") == digest:
-                plans[gk] = self._plan_for(g, url, digest, dict(old.fields), old)  # no GET, no HEAD
-                reused += 1
-                return
-            async with limiter:
-                first = min(g.objects, key=lambda o: o.key)
-                fields = None
-                for end in (HEAD_BYTES - 1, first.size - 1):
-                    head = await self.s3.read(g.endpoint, g.ref.bucket, first.key, end=end)
-                    fields = _identity_fast(head, complete=end >= first.size - 1)
-                    if fields is None:  # pydicom decides (imported in a thread: it is slow)
-                        await _import_soon("pydicom")
-                        ds = _read_head(head)
-                        fields = _identity(ds) if ds is not None else None
-                    if fields is not None or end >= first.size - 1:
-                        break
-            if fields is None or not str(fields.get("SeriesInstanceUID") or "").strip():
-                raise DataError(f"{url}: its first object {first.key} is not a DICOM file")
-            fields["Collection"] = fields["Collection"] or g.ref.collection or UNKNOWN_COLLECTION
-            plans[gk] = self._plan_for(g, url, digest, fields, None)
-
-        async with one_error(), anyio.create_task_group() as tg:
-            for gk, g in groups.items():
-                tg.start_soon(head_one, gk, g)
-        for g in groups.values():
-            for o in g.objects:
-                self._expect[object_key(g.ref.bucket, o.key)] = o
-        ordered = [plans[gk] for gk in groups]
-        return PlanResult(
-            series=ordered,
-            missing=missing,
-            reused=reused,
-            requests=self.s3.requests,
-        )
+    async def _read_identity(self, g: _Folder, url: str) -> dict[str, Any]:
+        """The series' fields and collection, from the head of its first object (the whole
+        object when the head is not enough); the fast reader first, else pydicom."""
+        first = min(g.objects, key=lambda o: o.key)
+        fields = None
+        for end in (HEAD_BYTES - 1, first.size - 1):
+            head = await self.s3.read(g.endpoint, g.ref.bucket, first.key, end=end)
+            fields = _identity_fast(head, complete=end >= first.size - 1)
+            if fields is None:  # pydicom decides (imported in a thread: it is slow)
+                await _import_soon("pydicom")
+                ds = _read_head(head)
+                fields = _identity(ds) if ds is not None else None
+            if fields is not None or end >= first.size - 1:
+                break
+        if fields is None or not str(fields.get("SeriesInstanceUID") or "").strip():
+            raise DataError(f"{url}: its first object {first.key} is not a DICOM file")
+        fields["Collection"] = fields["Collection"] or g.ref.collection or UNKNOWN_COLLECTION
+        return fields
 
     def _plan_for(
         self,
