@@ -10,11 +10,12 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncGenerator, Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
 import anyio
+from anyio.abc import TaskGroup
 
 from tcia_mirror.engine.adopt import examine, unrecorded_files
 from tcia_mirror.engine.pipeline import Fetcher, SeriesWork
@@ -177,8 +178,6 @@ class SeriesRunner:
         first = await store.claim(self.owner, 1, opts.lease)
         if not first:
             return 0
-        claimed = len(first)
-        lost: set[str] = set()  # series whose lease another worker took over
         procs = zip_worker_count(opts)
         zip_workers = (
             ZipWorkers(procs, root=self.root, fsync=opts.fsync, limits=ZipLimits())
@@ -204,102 +203,15 @@ class SeriesRunner:
             bytes_total=summary["bytes"]["total"],
             bytes_done=summary["bytes"]["complete"],
         )
-
-        async def initial() -> AsyncGenerator[Job]:
-            nonlocal claimed
-            batch = first
-            while batch:
-                for s in batch:
-                    # temp files of a worker that held this series before are no one's now
-                    folder = self.root / (s.rel_dir or s.uid)
-                    await anyio.to_thread.run_sync(cleanup_taken_over, folder)
-                    w = await self._work_for(store, s)
-                    await self._adopt(store, w, report)
-                    budget.begin(w)
-                    jobs = self._jobs_for(source, w, opts.mode)
-                    if not jobs:
-                        await self._finalize(store, w, report)
-                    for job in jobs:
-                        yield job
-                batch = await store.claim(self.owner, 1, opts.lease)  # as the workers need jobs
-                claimed += len(batch)
-
-        queue = JobQueue(initial())
-
-        budget = GiveUpBudget(
-            opts.give_up_after,
-            self.policy,
-            self.clock,
-        )
-
-        async def wake(delay: float, jobs: list[Job]) -> None:
-            await self.sleep(delay)
-            queue.done(jobs)
-
-        async def next_round(w: SeriesWork) -> list[Job]:
-            """The round of ``w`` is over: its next tries now, after a backoff, or it is done."""
-            delay = budget.end_round(w)
-            if delay is not None and (jobs := self._jobs_for(source, w, opts.mode)):
-                if delay <= 0:
-                    return jobs  # progress was made: straight on
-                queue.later()  # the tries are queued once the backoff has passed
-                tg.start_soon(wake, delay, jobs)
-                return []
-            await self._finalize(store, w, report)
-            return []
-
-        async def run_job(job: Job) -> list[Job]:
-            w = job.work
-            budget.start(w)
-            try:
-                if job.unit.kind == "archive":
-                    w.attempts += 1
-                    state = await store.get_series(w.uid)  # count the try before it can be killed
-                    if state is not None:
-                        await store.set_series_status(
-                            w.uid, state.status, error=state.error, attempt=True
-                        )
-                await fetcher.fetch(w, job.unit)  # a refusal of what came is recorded on w
-            except (AuthError, UnreachableError, DiskError):
-                raise  # the run cannot go on: stop, keep what is committed
-            except LeaseLostError as exc:  # another worker took the series over: leave it
-                lost.add(w.uid)
-                w.notes.append(one_line(exc))
-            except (BadRequestError, NotFoundError) as exc:
-                w.problem("archive_refused", found=str(exc))
-                budget.refused.add(w.uid)  # retrying will not help
-            except DataError as exc:
-                w.notes.append(one_line(exc))
-                budget.failed_try.add(w.uid)
-                if job.unit.kind == "archive":
-                    w.zip_untrusted = True  # a broken or hostile ZIP: finish with single images
-            except RemoteError as exc:  # TransferError too: a body cut mid-way
-                w.notes.append(one_line(exc))  # the run report's notes: one line per failed try
-                budget.failed_try.add(w.uid)
-            w.outstanding -= 1
-            if w.outstanding > 0:
-                return []
-            if w.uid in lost:
-                return []  # its new holder records the outcome
-            return await next_round(w)
-
-        async def worker() -> None:
-            while (job := await queue.get()) is not None:
-                follow: list[Job] = []
-                try:
-                    follow = await run_job(job)
-                finally:
-                    queue.done(follow)
-
+        budget = GiveUpBudget(opts.give_up_after, self.policy, self.clock)
+        round_ = _Round(self, store, source, opts, report, fetcher, budget, claimed=len(first))
         try:
-            async with zip_workers or nullcontext(), one_error(), anyio.create_task_group() as tg:
-                for _ in range(opts.concurrency * WORKERS_PER_CONNECTION):
-                    tg.start_soon(worker)
+            async with zip_workers or nullcontext():
+                await round_.run(first)
         finally:
-            await queue.aclose()
             report.bytes_received += fetcher.bytes_received
             report.files_committed += fetcher.files_committed
-        return claimed
+        return round_.claimed
 
     async def _finalize(self, store: Store, w: SeriesWork, report: RunReport) -> None:
         found = len(w.done)
@@ -348,6 +260,115 @@ class SeriesRunner:
         )
         report.problems.extend(problems)
         self.progress.on_series(w.uid, str(outcome))
+
+
+@dataclass(eq=False)
+class _Round:
+    """One round of a run: a queue of jobs fed by the series leased as the workers need them,
+    ``--concurrency`` x ``WORKERS_PER_CONNECTION`` workers taking them, each series' next tries
+    (after a backoff) or its outcome once its jobs are done."""
+
+    runner: SeriesRunner
+    store: Store
+    source: Source
+    opts: DownloadOptions
+    report: RunReport
+    fetcher: Fetcher
+    budget: GiveUpBudget
+    claimed: int  # series leased so far
+    lost: set[str] = field(default_factory=set)  # series whose lease another worker took over
+    queue: JobQueue = field(init=False)
+    tg: TaskGroup = field(init=False)
+
+    async def run(self, first: list[SeriesState]) -> None:
+        self.queue = JobQueue(self._jobs(first))
+        try:
+            async with one_error(), anyio.create_task_group() as tg:
+                self.tg = tg
+                for _ in range(self.opts.concurrency * WORKERS_PER_CONNECTION):
+                    tg.start_soon(self._worker)
+        finally:
+            await self.queue.aclose()
+
+    async def _jobs(self, first: list[SeriesState]) -> AsyncGenerator[Job]:
+        """The jobs of each leased series; the next series is leased when the workers have
+        taken these."""
+        runner, store = self.runner, self.store
+        batch = first
+        while batch:
+            for s in batch:
+                # temp files of a worker that held this series before are no one's now
+                folder = runner.root / (s.rel_dir or s.uid)
+                await anyio.to_thread.run_sync(cleanup_taken_over, folder)
+                w = await runner._work_for(store, s)
+                await runner._adopt(store, w, self.report)
+                self.budget.begin(w)
+                jobs = runner._jobs_for(self.source, w, self.opts.mode)
+                if not jobs:
+                    await runner._finalize(store, w, self.report)
+                for job in jobs:
+                    yield job
+            batch = await store.claim(runner.owner, 1, self.opts.lease)
+            self.claimed += len(batch)
+
+    async def _wake(self, delay: float, jobs: list[Job]) -> None:
+        await self.runner.sleep(delay)
+        self.queue.done(jobs)
+
+    async def _next_round(self, w: SeriesWork) -> list[Job]:
+        """The round of ``w`` is over: its next tries now, after a backoff, or it is done."""
+        delay = self.budget.end_round(w)
+        if delay is not None and (jobs := self.runner._jobs_for(self.source, w, self.opts.mode)):
+            if delay <= 0:
+                return jobs  # progress was made: straight on
+            self.queue.later()  # the tries are queued once the backoff has passed
+            self.tg.start_soon(self._wake, delay, jobs)
+            return []
+        await self.runner._finalize(self.store, w, self.report)
+        return []
+
+    async def _run_job(self, job: Job) -> list[Job]:
+        w, budget = job.work, self.budget
+        budget.start(w)
+        try:
+            if job.unit.kind == "archive":
+                w.attempts += 1
+                state = await self.store.get_series(w.uid)  # count the try before a kill
+                if state is not None:
+                    await self.store.set_series_status(
+                        w.uid, state.status, error=state.error, attempt=True
+                    )
+            await self.fetcher.fetch(w, job.unit)  # a refusal of what came is recorded on w
+        except (AuthError, UnreachableError, DiskError):
+            raise  # the run cannot go on: stop, keep what is committed
+        except LeaseLostError as exc:  # another worker took the series over: leave it
+            self.lost.add(w.uid)
+            w.notes.append(one_line(exc))
+        except (BadRequestError, NotFoundError) as exc:
+            w.problem("archive_refused", found=str(exc))
+            budget.refused.add(w.uid)  # retrying will not help
+        except DataError as exc:
+            w.notes.append(one_line(exc))
+            budget.failed_try.add(w.uid)
+            if job.unit.kind == "archive":
+                w.zip_untrusted = True  # a broken or hostile ZIP: finish with single images
+        except RemoteError as exc:  # TransferError too: a body cut mid-way
+            w.notes.append(one_line(exc))  # the run report's notes: one line per failed try
+            budget.failed_try.add(w.uid)
+        w.outstanding -= 1
+        if w.outstanding > 0:
+            return []
+        if w.uid in self.lost:
+            return []  # its new holder records the outcome
+        return await self._next_round(w)
+
+    async def _worker(self) -> None:
+        while (job := await self.queue.get()) is not None:
+            follow: list[Job] = []
+            try:
+                follow = await self._run_job(job)
+            finally:
+                self.queue.done(follow)
 
 
 def one_line(exc: BaseException) -> str:
