@@ -225,3 +225,25 @@ def test_fast_reader_steps_over_sequences_and_agrees_with_pydicom(data: bytes) -
     for cut in range(132, len(data), 11):
         partial = _identity_fast(data[:cut])
         assert partial is None or partial == fast, cut
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    _file(),
+    st.lists(st.tuples(st.integers(0, 4095), st.integers(0, 255)), max_size=8),
+    st.integers(0, 4096),
+)
+def test_fast_reader_never_raises_on_damaged_headers(
+    data: bytes, flips: list[tuple[int, int]], cut: int
+) -> None:
+    """A header from the network may be anything: bytes changed anywhere, and cut anywhere,
+    make the readers answer or decline (None), never raise (a hostile length, an item that
+    never ends, a length field cut in two ...)."""
+    damaged = bytearray(data)
+    for pos, value in flips:
+        if 128 <= pos < len(damaged):  # past the preamble, which only needs "DICM"
+            damaged[pos] = value
+    head = bytes(damaged[: max(cut, 132)])
+    ids_from_head(head)
+    _identity_fast(head)
+    _identity_fast(head, complete=True)
