@@ -247,3 +247,45 @@ def test_fast_reader_never_raises_on_damaged_headers(
     ids_from_head(head)
     _identity_fast(head)
     _identity_fast(head, complete=True)
+
+
+def test_a_un_of_undefined_length_is_stepped_over_as_implicit_vr_items() -> None:
+    """A private sequence read as UN, of undefined length, in an explicit VR data set: its
+    items are encoded implicit VR (PS3.5 6.2.2), and the patient name inside one must not be
+    taken for the data set's own."""
+    ds = DicomDataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3.4"
+    ds.SOPInstanceUID = "1.2.3.4"
+    ds.PatientName = "Outside^Top"
+    ds.PatientID = "P1"
+    ds.StudyInstanceUID = "1.2.3.5"
+    ds.SeriesInstanceUID = "1.2.3.6"
+    ds.SeriesNumber = "2"
+    ds.InstanceNumber = "7"  # past every tag the readers want: they know they are done
+    buf = io.BytesIO()
+    pydicom.dcmwrite(buf, ds, enforce_file_format=True)
+    data = buf.getvalue()
+    at = data.index(b"\x10\x00\x10\x00PN")  # (0010,0010), the data set's own name
+    private = (
+        b"\x09\x00\x10\x00LO\x04\x00ACME"  # (0009,0010) private creator
+        + b"\x09\x00\x10\x10UN\x00\x00\xff\xff\xff\xff"  # (0009,1010) UN, undefined length
+        + b"\xfe\xff\x00\xe0\xff\xff\xff\xff"  # an item of undefined length
+        + b"\x10\x00\x10\x00\x0c\x00\x00\x00Inside^Item "  # implicit VR (0010,0010)
+        + b"\x10\x00\x20\x00\x02\x00\x00\x00P9"  # implicit VR (0010,0020)
+        + b"\xfe\xff\x0d\xe0\x00\x00\x00\x00"  # item delimiter
+        + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"  # sequence delimiter
+    )
+    data = data[:at] + private + data[at:]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        truth = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    assert str(truth.PatientName) == "Outside^Top"  # the file is as meant
+    ids = ids_from_head(data)
+    assert ids is not None and ids.patient_id == "P1"
+    fast = _identity_fast(data)
+    assert fast is not None
+    assert fast == _identity(truth)
+    assert fast["PatientName"] == "Outside^Top"

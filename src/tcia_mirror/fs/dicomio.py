@@ -109,7 +109,8 @@ def _element(b: bytes, pos: int, end: int, implicit: bool) -> tuple[int, bytes |
 def _skip_undefined(b: bytes, pos: int, end: int, implicit: bool, depth: int = 0) -> int:
     """Past a value of undefined length at ``pos``: items (each of defined length, or elements
     up to an item delimiter) up to the sequence delimiter. Encapsulated pixel data has the same
-    shape (fragments are items). Returns the position after the delimiter."""
+    shape (fragments are items). ``implicit``: the items' elements carry no VR (an implicit VR
+    data set, or the content of a UN). Returns the position after the delimiter."""
     if depth > 16:
         raise _Unsure  # nesting this deep is no header we know
     while True:
@@ -122,11 +123,11 @@ def _skip_undefined(b: bytes, pos: int, end: int, implicit: bool, depth: int = 0
             pos += length
             continue
         while True:  # an item of undefined length: its elements up to the item delimiter
-            tag, _vr, length, pos = _element(b, pos, end, implicit)
+            tag, vr, length, pos = _element(b, pos, end, implicit)
             if tag == 0xFFFEE00D:
                 break
             pos = (
-                _skip_undefined(b, pos, end, implicit, depth + 1)
+                _skip_undefined(b, pos, end, implicit or vr == b"UN", depth + 1)
                 if length == 0xFFFFFFFF
                 else pos + length
             )
@@ -160,11 +161,12 @@ def head_elements(
             if ts is None or ts in _NOT_EXPLICIT_LE or not ts.startswith(_DICOM_TS):
                 raise _Unsure  # unknown or private: pydicom decides
             implicit = ts == _IMPLICIT_LE
-        tag, _vr, length, pos = _element(head, pos, end, implicit and not meta)
+        tag, vr, length, pos = _element(head, pos, end, implicit and not meta)
         if tag >= stop:
             return found
         if length == 0xFFFFFFFF:
-            pos = _skip_undefined(head, pos, end, implicit)
+            # a UN of undefined length holds implicit VR items (PS3.5 6.2.2)
+            pos = _skip_undefined(head, pos, end, implicit or vr == b"UN")
             continue
         if pos + length > end:
             raise _Unsure
