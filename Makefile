@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.stamp-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install test demo check lint format bench bench-idc bench-bytes bench-smoke bench-pg soak clean
+.PHONY: install test demo check lint format bench bench-idc bench-bytes bench-probe bench-smoke bench-pg soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,12 @@ bench-bytes:
 	sh benchmarks/setup.sh
 	benchmarks/.venv/bin/python benchmarks/bytecost.py --level 1
 	benchmarks/.venv/bin/python benchmarks/bytecost.py --level 0
+
+# Issue 9's lead: ZIP bytes fetched by worker processes with blocking HTTP, beside tcia-mirror
+bench-probe:
+	sh benchmarks/setup.sh
+	benchmarks/.venv/bin/python benchmarks/worker_http_probe.py --level 0
+	benchmarks/.venv/bin/python benchmarks/worker_http_probe.py --level 1
 
 bench-smoke: $(STAMP)
 	$(PY) benchmarks/run.py --smoke --repeats 1 --results benchmarks/results/smoke
