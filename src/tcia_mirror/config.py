@@ -12,7 +12,7 @@ from typing import Any
 from tcia_mirror.errors import InputError
 from tcia_mirror.sources.http import RetryPolicy
 from tcia_mirror.sources.nbia.auth import Credentials
-from tcia_mirror.sources.nbia.client import ClientConfig
+from tcia_mirror.sources.nbia.clientconfig import ClientConfig
 from tcia_mirror.sources.nbia.profiles import DEFAULT_PROFILE, load_profile
 
 ENV = {

@@ -18,7 +18,7 @@ import anyio
 from tcia_mirror import __version__
 from tcia_mirror.config import ENV, client_config, read_config_file, resolve
 from tcia_mirror.errors import InputError, TciaMirrorError, first_error, redact, url_passwords
-from tcia_mirror.sources.nbia.client import ArchiveClient, validate_param_pairs
+from tcia_mirror.sources.nbia.clientconfig import validate_param_pairs
 from tcia_mirror.sources.nbia.profiles import available_profiles
 
 EXIT_INTERRUPTED = 130
@@ -157,6 +157,8 @@ async def _query(args: argparse.Namespace) -> tuple[bytes, str]:
         raise InputError(
             f"API profile {cfg.profile.name} has no /metadata descriptions (tcia-v3 has)"
         )
+    from tcia_mirror.sources.nbia.client import ArchiveClient  # noqa: PLC0415 - status starts without aiohttp
+
     async with ArchiveClient(cfg) as client:
         resp = await client.raw(spec.name, params, fmt=args.format, metadata=args.metadata)
     return resp.body, spec.kind

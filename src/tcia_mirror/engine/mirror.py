@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import date
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import anyio
@@ -47,15 +47,25 @@ from tcia_mirror.progress import NullProgress, Progress
 from tcia_mirror.selection import Selection
 from tcia_mirror.sources.base import PlanResult, Source
 from tcia_mirror.sources.http import RetryPolicy, Sleep, real_sleep
-from tcia_mirror.sources.nbia.client import ArchiveClient, ClientConfig
-from tcia_mirror.sources.routing import default_source
+from tcia_mirror.sources.nbia.clientconfig import ClientConfig
 from tcia_mirror.store.base import STATE_DIR, SeriesState, Store
 from tcia_mirror.store.sqlite import SqliteStore
+
+if TYPE_CHECKING:
+    from tcia_mirror.sources.nbia.client import ArchiveClient
 
 T = TypeVar("T")
 PLAN_CONCURRENCY = 32  # planning requests at once (at least; 2 x --concurrency when larger)
 META_FIELDS = ("selection", "layout", "api", "base_url", "s3_endpoint", "last_sync")
 MAX_CONNECTIONS_TOTAL = 16  # the default budget of archive connections across all workers
+
+
+def _default_source(client: ArchiveClient) -> Source:
+    """The archive's series and IDC buckets' (imported here: commands that do not talk to the
+    archive, such as ``status``, start without aiohttp)."""
+    from tcia_mirror.sources.routing import default_source  # noqa: PLC0415
+
+    return default_source(client)
 
 
 class Mirror:
@@ -76,7 +86,7 @@ class Mirror:
         clock: Callable[[], float] = time.monotonic,
         after_rename: Callable[[Path], None] | None = None,
         open_store: Callable[..., Awaitable[Store]] = SqliteStore.open,
-        make_source: Callable[[ArchiveClient], Source] = default_source,
+        make_source: Callable[[ArchiveClient], Source] | None = None,
         opener: Callable[..., BinaryIO] = open,
     ) -> None:
         self.root = Path(out)
@@ -86,7 +96,7 @@ class Mirror:
         self._clock = clock  # measures --give-up-after; tests inject a fake one with ``sleep``
         self._after_rename = after_rename  # test seam: see Fetcher
         self._open_store_with = open_store  # the Store backend (tests/contract)
-        self._make_source = make_source  # the Source backend (tests/contract)
+        self._make_source = make_source or _default_source  # the Source backend (tests/contract)
         self._opener = opener  # how temp files are opened (tests inject ENOSPC, EROFS)
         # this process's name on leases and connection slots (temp files carry host and pid too)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
@@ -118,6 +128,8 @@ class Mirror:
     def _client(self, concurrency: int) -> ArchiveClient:
         if self.config is None:
             raise InputError("this command needs the archive: give --api / --base-url")
+        from tcia_mirror.sources.nbia.client import ArchiveClient  # noqa: PLC0415 - see _default_source
+
         cfg = replace(self.config, max_connections=max(1, concurrency))
         return ArchiveClient(cfg, sleep=self._sleep)
 

@@ -6,12 +6,15 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from urllib.parse import urljoin
 
-import aiohttp
 import anyio
 
 from tcia_mirror.errors import AuthError, ProtocolError, ServerError, UnreachableError, redact
+
+if TYPE_CHECKING:
+    import aiohttp
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +103,8 @@ class TokenManager:
         return await self._post(session, form)
 
     async def _post(self, session: aiohttp.ClientSession, form: dict[str, str]) -> _Token:
+        import aiohttp  # noqa: PLC0415 - status and --version start without the HTTP stack
+
         started = self._clock()
         try:
             async with session.post(self.token_url, data=form) as resp:

@@ -12,7 +12,7 @@ import random
 import re
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date
 from typing import Any
 from urllib.parse import urljoin
@@ -23,7 +23,6 @@ from tcia_mirror import __version__
 from tcia_mirror.errors import (
     AuthError,
     BadRequestError,
-    InputError,
     NotFoundError,
     RateLimitedError,
     RemoteError,
@@ -35,14 +34,14 @@ from tcia_mirror.sources.http import (
     RETRY_STATUSES,
     AdaptiveLimiter,
     Failed,
-    RetryPolicy,
     Sleep,
     parse_retry_after,
     real_sleep,
     retrying,
     retrying_open,
 )
-from tcia_mirror.sources.nbia.auth import Credentials, TokenManager, resolve_token_url
+from tcia_mirror.sources.nbia.auth import TokenManager, resolve_token_url
+from tcia_mirror.sources.nbia.clientconfig import ClientConfig
 from tcia_mirror.sources.nbia.convert import (
     patient_from_row,
     series_from_row,
@@ -52,26 +51,7 @@ from tcia_mirror.sources.nbia.convert import (
 )
 from tcia_mirror.sources.nbia.formats import parse_rows
 from tcia_mirror.sources.nbia.models import Patient, Series, SeriesSize, Study
-from tcia_mirror.sources.nbia.profiles import DEFAULT_PROFILE, EndpointSpec, Profile, load_profile
-
-
-@dataclass(frozen=True, slots=True)
-class ClientConfig:
-    """How to reach the archive. Frozen; secrets live in ``credentials`` and never print."""
-
-    profile: Profile = field(default_factory=lambda: load_profile(DEFAULT_PROFILE))
-    base_url: str | None = None  # overrides the profile's base URL (e.g. the simulator)
-    token_url: str | None = None  # overrides the profile's token URL
-    credentials: Credentials = field(default_factory=Credentials)
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
-    connect_timeout: float = 30.0
-    read_timeout: float = 300.0  # between two reads of one response
-    max_connections: int = 16  # also the initial request concurrency; lowered on 429
-    s3_endpoint: str | None = None  # overrides every IDC bucket's endpoint (--s3-endpoint)
-
-    @property
-    def root(self) -> str:
-        return (self.base_url or self.profile.base_url).rstrip("/") + "/"
+from tcia_mirror.sources.nbia.profiles import EndpointSpec
 
 
 @dataclass(frozen=True, slots=True)
@@ -515,14 +495,3 @@ def _p(**params: str | None) -> dict[str, str]:
 
 def _keep(items: Any) -> list[Any]:
     return [i for i in items if i is not None]
-
-
-def validate_param_pairs(pairs: list[str]) -> dict[str, str]:
-    """``KEY=VALUE`` strings from the command line."""
-    out: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise InputError(f"malformed parameter {pair!r}: expected KEY=VALUE")
-        out[key.strip()] = value
-    return out

@@ -1,0 +1,50 @@
+"""Commands that never talk to the archive start without its HTTP stack: importing aiohttp takes
+about 0.25 s (two TLS contexts are built at its import), which ``status`` in a cron job and
+``--version`` have no use for."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tcia_mirror.store.sqlite import StateStore
+
+PROBE = """
+import runpy, sys
+sys.argv = ["tcia-mirror", *sys.argv[1:]]
+try:
+    runpy.run_module("tcia_mirror", run_name="__main__")
+except SystemExit as exc:
+    code = exc.code
+else:
+    code = 0
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("aiohttp", "pydicom", "tqdm"))
+print("IMPORTED", code, ",".join(heavy))
+"""
+
+
+def _imported(*argv: str) -> tuple[int, set[str]]:
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, timeout=60
+    ).stdout
+    line = next(x for x in out.splitlines() if x.startswith("IMPORTED"))
+    _, code, mods = (line.split(" ", 2) + [""])[:3]
+    return int(code), {m.split(".")[0] for m in mods.split(",") if m}
+
+
+@pytest.mark.parametrize("argv", [("--version",), ("--help",), ("status", "--help")])
+def test_version_and_help_do_not_import_the_http_stack(argv: tuple[str, ...]) -> None:
+    code, heavy = _imported(*argv)
+    assert code == 0
+    assert "aiohttp" not in heavy
+
+
+def test_status_of_a_mirror_does_not_import_the_http_stack(tmp_path: Path) -> None:
+    with StateStore.open(tmp_path, create=True):
+        pass
+    code, heavy = _imported("status", "--out", str(tmp_path), "--json")
+    assert code == 0
+    assert "aiohttp" not in heavy
