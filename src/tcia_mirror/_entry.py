@@ -50,6 +50,20 @@ def tune_malloc() -> bool:
     )
 
 
+# commands that never talk to the archive: they start without its HTTP stack (aiohttp)
+_OFFLINE = frozenset({"status", "--version", "-V", "--help", "-h"})
+
+
+def _import_what_the_command_needs(args: list[str]) -> None:
+    """The command's modules, imported inside the guard: the CLI imports the engine and the
+    HTTP stack lazily, so that ``status`` and ``--version`` start fast, and a Ctrl-C inside
+    an import must not happen after the guard is gone."""
+    import tcia_mirror.cli.commands  # noqa: F401, PLC0415 - the engine
+
+    if not _OFFLINE.intersection(args[:1]) and not {"--help", "-h"}.intersection(args):
+        import tcia_mirror.sources.routing  # noqa: F401, PLC0415 - the sources: aiohttp
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     # A Ctrl-C during the imports is held until they are done: raised inside an arbitrary
     # import (a class body, a __set_name__) it can surface as another error, or leave the
@@ -65,6 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         try:
             from tcia_mirror.cli.main import run  # noqa: PLC0415 - the point: inside the guard
+
+            _import_what_the_command_needs(sys.argv[1:] if argv is None else list(argv))
         finally:
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)

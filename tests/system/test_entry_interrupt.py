@@ -85,3 +85,39 @@ def test_importing_the_package_or_the_entry_point_imports_nothing_heavy() -> Non
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_ctrl_c_while_a_network_command_imports_the_http_stack(tmp_path: Path) -> None:
+    """The CLI imports aiohttp lazily (``status`` and ``--version`` do without it); for a
+    command that talks to the archive it is imported inside the guard all the same. SIGINT is
+    sent as soon as an import of aiohttp's own dependencies is reported."""
+    cmd = [
+        sys.executable, "-m", "tcia_mirror", "plan", "--api", "nbia-v4",
+        "--base-url", "http://127.0.0.1:9/nbia-api/services/v4", "--collection", "X",
+        "--out", str(tmp_path / "m"),
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPROFILEIMPORTTIME": "1"}
+    env.pop("PYTHONWARNINGS", None)
+    for _ in range(3):
+        proc = subprocess.Popen(
+            cmd, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+        )
+        assert proc.stderr is not None
+        try:
+            while True:
+                line = proc.stderr.readline()
+                assert line, "aiohttp was never imported"
+                if line.startswith("import time:") and line.rsplit("|", 1)[-1].strip() in (
+                    "multidict",
+                    "yarl",
+                ):
+                    break
+            proc.send_signal(signal.SIGINT)
+            _out, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        lines = [ln for ln in err.splitlines() if not ln.startswith("import time:")]
+        assert proc.returncode == 130, (proc.returncode, lines)
+        assert lines == ["tcia-mirror: interrupted"]
