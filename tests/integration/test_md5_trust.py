@@ -94,7 +94,9 @@ class _CutBeforeTheList:
         return self.inner.states_md5(unit, md5=md5)
 
     @asynccontextmanager
-    async def open(self, unit: FetchUnit, *, md5: bool) -> AsyncIterator[AsyncIterator[bytes]]:
+    async def open(  # bytes: the transport is not taken
+        self, unit: FetchUnit, *, md5: bool, transport: object = None
+    ) -> AsyncIterator[AsyncIterator[bytes]]:
         async def body() -> AsyncIterator[bytes]:
             yield self.zip_bytes[: self.cut]
             if self.cut <= len(self.zip_bytes):

@@ -782,7 +782,9 @@ class _OneChunkZip:
         return None
 
     @asynccontextmanager
-    async def open(self, unit: FetchUnit, *, md5: bool) -> AsyncIterator[AsyncIterator[bytes]]:
+    async def open(  # bytes: the transport is not taken
+        self, unit: FetchUnit, *, md5: bool, transport: object = None
+    ) -> AsyncIterator[AsyncIterator[bytes]]:
         async def body() -> AsyncIterator[bytes]:
             yield self.body
 

@@ -436,10 +436,13 @@ class Fetcher:
 
         try:
             async with one_error(), anyio.create_task_group() as tg:
+                # a ZIP worker makes the request itself when the source lets it: then what
+                # comes is what the worker completed, not bytes for the loop to pass on
+                via = {"transport": zs} if isinstance(zs, RemoteZip) else {}
                 try:
-                    async with self._net, self.source.open(unit, md5=self.md5) as body:
-                        async for chunk in body:
-                            await take(await zs.feed(chunk), tg)
+                    async with self._net, self.source.open(unit, md5=self.md5, **via) as body:
+                        async for item in body:
+                            await take(item if isinstance(item, Fed) else await zs.feed(item), tg)
                         await take(await zs.close(), tg)
                 except Exception as exc:  # let the finishers commit what was complete
                     stream_error = exc

@@ -15,6 +15,7 @@ Both decoders answer the same calls: ``feed(chunk) -> Fed`` (complete entries ar
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import dataclasses
 import itertools
@@ -24,18 +25,21 @@ import pickle
 import secrets
 import subprocess
 import sys
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+from urllib.parse import urlencode
 
 import anyio
 from anyio.abc import Process, TaskGroup
 from anyio.streams.buffered import BufferedByteReceiveStream
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from tcia_mirror.engine.workerhttp import Request
 from tcia_mirror.engine.zipentries import Fed, ZipEntry, ZipState
-from tcia_mirror.engine.zipworker import ABORT, DATA, END, FROM_WORKER, OPEN, TO_WORKER
+from tcia_mirror.engine.zipworker import ABORT, DATA, END, FETCH, FROM_WORKER, OPEN, TO_WORKER
 from tcia_mirror.errors import DataError, DiskError, TciaMirrorError, TransferError
 from tcia_mirror.fs.atomic import AtomicWriter, host_tag
 from tcia_mirror.sources.nbia.zipstream import ZipLimits
@@ -43,6 +47,7 @@ from tcia_mirror.sources.nbia.zipstream import ZipLimits
 __all__ = ["LocalZip", "RemoteZip", "ZipWorkers"]
 
 _GONE = "the ZIP worker process ended unexpectedly"
+_ASIDE = frozenset({"fed", "status", "unreachable"})  # replies that do not end a stream
 FRAME = 256 * 1024  # bytes of a ZIP sent to a worker at once (the last frame may be smaller)
 _STOP_WAIT = 10.0  # seconds a worker gets to clean up and exit before it is killed
 
@@ -131,6 +136,33 @@ class _Worker:
                     raise TransferError(_GONE) from exc
 
 
+class WorkerResponse:
+    """The status and headers of a request a ZIP worker made (and the body of an error)."""
+
+    __slots__ = ("status", "headers", "_body")
+
+    def __init__(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
+        self.status = status
+        self.headers = _Headers(headers)
+        self._body = body
+
+    async def read(self) -> bytes:
+        return self._body
+
+    def release(self) -> None:
+        """Nothing to give back here: the worker owns the connection."""
+
+
+class _Headers(dict[str, str]):
+    """Response headers; ``get`` ignores case, as HTTP does."""
+
+    def __init__(self, headers: Mapping[str, str]) -> None:
+        super().__init__((k.lower(), v) for k, v in headers.items())
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return super().get(key.lower(), default)
+
+
 class RemoteZip:
     """One ZIP stream worked in a worker process."""
 
@@ -162,7 +194,7 @@ class RemoteZip:
             msg = await self._replies.receive()
         except anyio.EndOfStream:
             msg = ("error", "TransferError", _GONE, 0)
-        if msg[0] != "fed":
+        if msg[0] not in _ASIDE:
             self._ended = True
             self._gone = msg[0] == "error" and msg[2] == _GONE
         return msg
@@ -206,13 +238,60 @@ class RemoteZip:
 
     async def close(self) -> Fed:
         """The stream's end: its last frame, then the worker checks the archive was whole.
-        Returns what the last frame completed."""
+        Returns what the last frame completed (nothing when the worker fetched the stream
+        itself: it ended already)."""
+        if self._ended:
+            return Fed()
         fed = await self._send_gathered() if self._gathered else Fed()
         await self._w.send(END, self._sid)
         msg = await self._reply()
         if msg[0] == "error":
             _raise(msg[1], msg[2])
         return fed
+
+    # -- the worker makes the request: this stream is the source's transport ----------------
+    async def get(
+        self,
+        url: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        connect_timeout: float | None = None,
+        read_timeout: float | None = None,
+    ) -> WorkerResponse:
+        """Have the worker send a GET; returns once its status and headers came. After a 2xx
+        the worker works the body itself (:meth:`body`). Raises ``ConnectionError`` when the
+        server could not be reached (the caller's retry policy decides)."""
+        if params:
+            url += ("&" if "?" in url else "?") + urlencode(params)
+        req = Request(url, dict(headers or {}), connect_timeout, read_timeout)
+        await self._w.send(FETCH, self._sid, pickle.dumps(dataclasses.astuple(req)))
+        msg = await self._reply()
+        if msg[0] == "status":
+            return WorkerResponse(msg[1], msg[2], msg[3])
+        if msg[0] == "unreachable":  # the worker's exception, by name where it is a builtin
+            kind: Any = getattr(builtins, msg[1], None)
+            if not (isinstance(kind, type) and issubclass(kind, ConnectionError | TimeoutError)):
+                kind = ConnectionError
+            raise kind(msg[1])
+        _raise(msg[1], msg[2])
+        raise AssertionError("unreachable")
+
+    async def body(self, _resp: WorkerResponse, what: str) -> AsyncIterator[Fed]:
+        """What the worker's reads of a 2xx body completed, until the archive was whole.
+        Entries complete when the body broke are yielded before the error is raised."""
+        while True:
+            msg = await self._reply()
+            if msg[0] == "done":
+                return
+            if msg[0] != "fed":
+                _raise(msg[1], f"{what}: {msg[2]}" if msg[1] == "TransferError" else msg[2])
+            fed = self._take(msg)
+            err = msg[-1]
+            yield fed
+            if err is not None:  # the worker stopped this stream: its terminal reply follows
+                await self._reply()
+                _raise(err[0], f"{what}: {err[1]}" if err[0] == "TransferError" else err[1])
 
     async def discard(self) -> int:
         """Stop the stream (the worker removes its unfinished entry) and remove the temp files
@@ -343,7 +422,7 @@ async def _dispatch(w: _Worker) -> None:
             q.send_nowait(msg)
         except anyio.BrokenResourceError:
             pass  # the stream gave up waiting (see RemoteZip.discard)
-        if msg[0] != "fed":
+        if msg[0] not in _ASIDE:
             del w.streams[sid]
             q.close()
 

@@ -13,29 +13,43 @@ Frames to the worker: ``<B kind><I stream><I length>`` and ``length`` bytes (a p
 ``<I stream><I length>`` and a pickled reply. Each stream ends with exactly one of ``done``,
 ``error`` or ``aborted``. When its input ends (the parent exited, even by ``kill -9``), the worker
 removes the temp files of entries it had not handed over, and exits.
+
+``FETCH`` (a pickled :class:`~tcia_mirror.engine.workerhttp.Request`): the worker makes the
+request itself, on a thread of the stream's own, and the ZIP's bytes never pass through the
+parent. It answers ``("status", code, headers, error body)`` or ``("unreachable", why)``
+first; after a 2xx, ``fed`` replies come unasked (when entries completed, and every
+``REPORT`` bytes), then the stream's last reply. A stream answered with an error status stays
+open for the parent's next try.
 """
 
 from __future__ import annotations
 
+import http.client
 import pickle
 import signal
 import struct
 import sys
-from dataclasses import dataclass
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from tcia_mirror.engine.workerhttp import CHUNK, ERROR_BODY, Answer, Pool, Request, shut
 from tcia_mirror.engine.zipentries import Fed, ZipState
-from tcia_mirror.errors import DataError, DiskError
+from tcia_mirror.errors import DataError, DiskError, TransferError
 from tcia_mirror.fs.atomic import AtomicWriter
 from tcia_mirror.sources.nbia.zipstream import ZipLimits, ZipStreamReader
 
-__all__ = ["ABORT", "DATA", "END", "OPEN", "TO_WORKER", "FROM_WORKER", "main"]
+__all__ = ["ABORT", "DATA", "END", "FETCH", "OPEN", "TO_WORKER", "FROM_WORKER", "main"]
 
 TO_WORKER = struct.Struct("<BII")
 FROM_WORKER = struct.Struct("<II")
-OPEN, DATA, END, ABORT = 1, 2, 3, 4
+OPEN, DATA, END, ABORT, FETCH = 1, 2, 3, 4, 5
 _PIPE_SIZE = 1 << 20  # a larger pipe: fewer wake-ups per MB (Linux; best effort)
+REPORT = 1 << 20  # a fetching stream reports its bytes at least this often (progress)
+
+Reply = Callable[[int, tuple[Any, ...]], None]
 
 
 @dataclass(slots=True)
@@ -44,6 +58,10 @@ class _Stream:
     fsync: bool
     sent_received: int = 0
     rejected_sent: int = 0
+    # a stream that fetches: its thread and the parent's abort meet under this lock
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    aborted: bool = False
+    conns: list[http.client.HTTPConnection] = field(default_factory=list)
 
 
 def _open(args: tuple[Any, ...]) -> _Stream:
@@ -86,29 +104,169 @@ def _fed(st: _Stream, fed: Fed | None, error: BaseException | None) -> tuple[Any
     rejected = zs.rejected[st.rejected_sent :]
     st.rejected_sent = len(zs.rejected)
     fed = fed or Fed()
+    st.sent_received = zs.received
     return ("fed", zs.received, finished, rejected, fed.crc_bad, fed.license, fed.md5_list, err)
 
 
 def _describe(exc: BaseException) -> tuple[str, str]:
-    if isinstance(exc, DiskError | DataError):
+    if isinstance(exc, DiskError | DataError | TransferError):
         return (type(exc).__name__, str(exc))
     if isinstance(exc, OSError):
         return ("DiskError", f"cannot write: {exc.strerror or exc}")
     return ("TransferError", f"ZIP worker: {type(exc).__name__}: {exc}")
 
 
-def _serve(inp: BinaryIO, out: BinaryIO) -> None:
-    streams: dict[int, _Stream] = {}
+def _worth_saying(st: _Stream, fed: Fed) -> bool:
+    zs = st.zs
+    return bool(
+        zs.complete
+        or fed.crc_bad
+        or fed.license is not None
+        or fed.md5_list is not None
+        or len(zs.rejected) > st.rejected_sent
+        or zs.received - st.sent_received >= REPORT
+    )
 
-    def reply(sid: int, msg: tuple[Any, ...]) -> None:
+
+def _broke(exc: BaseException) -> TransferError:
+    if isinstance(exc, http.client.IncompleteRead):
+        return TransferError(f"IncompleteRead: the body broke off ({len(exc.partial)} bytes read)")
+    text = str(exc).strip().splitlines()
+    return TransferError(f"{type(exc).__name__}: {text[0] if text else 'the transfer broke off'}")
+
+
+class _Server:
+    """The streams of one worker: frames from the parent on the main thread, fetches on a
+    thread each. ``reply`` may be called from any thread (one lock keeps frames whole)."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self.out = out
+        self.streams: dict[int, _Stream] = {}
+        self.pool = Pool()
+        self._out_lock = threading.Lock()
+
+    def reply(self, sid: int, msg: tuple[Any, ...]) -> None:
         body = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
-        out.write(FROM_WORKER.pack(sid, len(body)) + body)
-        out.flush()
+        with self._out_lock:
+            self.out.write(FROM_WORKER.pack(sid, len(body)) + body)
+            self.out.flush()
 
-    def drop(sid: int) -> int:
-        st = streams.pop(sid, None)
+    def drop(self, sid: int) -> int:
+        st = self.streams.pop(sid, None)
         return 0 if st is None else st.zs.discard()
 
+    def abort(self, sid: int, st: _Stream) -> int:
+        """Stop a stream, its fetch too (its socket is shut: a blocked read returns at once)."""
+        with st.lock:
+            st.aborted = True
+            for conn in st.conns:
+                shut(conn)
+            return self.drop(sid)
+
+    def end_all(self) -> None:
+        for sid, st in list(self.streams.items()):
+            self.abort(sid, st)
+
+    # -- the parent feeds the bytes ---------------------------------------------------------
+    def data(self, sid: int, st: _Stream, payload: bytes) -> None:
+        error: BaseException | None = None
+        fed = None
+        try:
+            fed = st.zs.feed(payload)
+        except Exception as exc:  # noqa: BLE001 - every failure goes back to the parent
+            error = exc
+        msg = _fed(st, fed, error)
+        self.reply(sid, msg)
+        if msg[-1] is not None:
+            self.reply(sid, ("error", *msg[-1], self.drop(sid)))
+
+    def end(self, sid: int, st: _Stream) -> None:
+        try:
+            st.zs.reader.close()
+        except Exception as exc:  # noqa: BLE001
+            self.reply(sid, ("error", *_describe(exc), self.drop(sid)))
+        else:
+            self.drop(sid)
+            self.reply(sid, ("done",))
+
+    # -- the worker fetches the bytes (a thread per request) ----------------------------------
+    def fetch(self, sid: int, st: _Stream, req: Request) -> None:
+        try:
+            answer = self.pool.open(req, st.conns)
+        except (OSError, http.client.HTTPException) as exc:
+            with st.lock:
+                if not st.aborted:
+                    self.reply(sid, ("unreachable", type(exc).__name__))
+            return
+        resp = answer.resp
+        if resp.status >= 300:
+            try:
+                body = resp.read(ERROR_BODY)
+            except (OSError, http.client.HTTPException):
+                body = b""
+            answer.conn.close()
+            with st.lock:
+                st.conns.clear()
+                if not st.aborted:  # the stream stays open for the parent's next try
+                    self.reply(sid, ("status", resp.status, answer.headers, body))
+            return
+        with st.lock:
+            if st.aborted:
+                answer.conn.close()
+                return
+            self.reply(sid, ("status", resp.status, answer.headers, b""))
+        self._body(sid, st, answer)
+
+    def _body(self, sid: int, st: _Stream, answer: Answer) -> None:
+        resp = answer.resp
+        while True:
+            error: BaseException | None = None
+            try:
+                chunk = resp.read(CHUNK)
+            except (OSError, http.client.HTTPException) as exc:
+                chunk, error = b"", _broke(exc)
+            if not chunk and error is None and resp.length:
+                error = TransferError(f"the body ended {resp.length} bytes short")
+            with st.lock:
+                if st.aborted:
+                    answer.conn.close()
+                    return
+                fed: Fed | None = None
+                if chunk:
+                    try:
+                        fed = st.zs.feed(chunk)
+                    except Exception as exc:  # noqa: BLE001 - every failure goes to the parent
+                        error = exc
+                    if error is None:
+                        if _worth_saying(st, fed or Fed()):
+                            self.reply(sid, _fed(st, fed, None))
+                        continue
+                if error is None:  # the body's end
+                    try:
+                        st.zs.reader.close()
+                    except Exception as exc:  # noqa: BLE001
+                        error = exc
+                if error is not None:
+                    answer.conn.close()
+                    msg = _fed(st, fed, error)
+                    self.reply(sid, msg)
+                    self.reply(sid, ("error", *(msg[-1] or _describe(error)), self.drop(sid)))
+                    return
+                msg = _fed(st, fed, None)
+                self.reply(sid, msg)
+                if msg[-1] is not None:
+                    answer.conn.close()
+                    self.reply(sid, ("error", *msg[-1], self.drop(sid)))
+                    return
+                st.conns.clear()
+                self.drop(sid)
+                self.reply(sid, ("done",))
+            self.pool.give_back(answer)
+            return
+
+
+def _serve(inp: BinaryIO, out: BinaryIO) -> None:
+    server = _Server(out)
     try:
         while True:
             head = inp.read(TO_WORKER.size)
@@ -119,35 +277,22 @@ def _serve(inp: BinaryIO, out: BinaryIO) -> None:
             if len(payload) < length:
                 return
             if kind == OPEN:
-                streams[sid] = _open(pickle.loads(payload))
+                server.streams[sid] = _open(pickle.loads(payload))
                 continue
-            st = streams.get(sid)
+            st = server.streams.get(sid)
             if st is None:
-                continue  # a stream that already ended (an error was sent)
+                continue  # a stream that already ended (its last reply was sent)
             if kind == DATA:
-                error: BaseException | None = None
-                fed = None
-                try:
-                    fed = st.zs.feed(payload)
-                except Exception as exc:  # noqa: BLE001 - every failure goes back to the parent
-                    error = exc
-                msg = _fed(st, fed, error)
-                reply(sid, msg)
-                if msg[-1] is not None:
-                    reply(sid, ("error", *msg[-1], drop(sid)))
+                server.data(sid, st, payload)
             elif kind == END:
-                try:
-                    st.zs.reader.close()
-                except Exception as exc:  # noqa: BLE001
-                    reply(sid, ("error", *_describe(exc), drop(sid)))
-                else:
-                    drop(sid)
-                    reply(sid, ("done",))
+                server.end(sid, st)
+            elif kind == FETCH:
+                req = Request(*pickle.loads(payload))
+                threading.Thread(target=server.fetch, args=(sid, st, req), daemon=True).start()
             elif kind == ABORT:
-                reply(sid, ("aborted", drop(sid)))
+                server.reply(sid, ("aborted", server.abort(sid, st)))
     finally:
-        for sid in list(streams):
-            drop(sid)
+        server.end_all()
 
 
 def main() -> None:

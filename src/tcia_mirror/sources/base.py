@@ -20,10 +20,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from tcia_mirror.selection import Selection
 from tcia_mirror.store.base import SeriesPlan, SeriesState
+
+if TYPE_CHECKING:
+    from tcia_mirror.sources.http import Transport
 
 __all__ = ["FetchUnit", "Mode", "PlanResult", "SeriesView", "Source", "UnitKind"]
 
@@ -95,9 +98,12 @@ class Source(Protocol):
     def units(self, series: SeriesView, mode: Mode) -> list[FetchUnit]: ...
 
     def open(
-        self, unit: FetchUnit, *, md5: bool
-    ) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
-        """The unit's bytes, streamed; raises a :class:`~tcia_mirror.errors.TciaMirrorError`."""
+        self, unit: FetchUnit, *, md5: bool, transport: Transport | None = None
+    ) -> AbstractAsyncContextManager[AsyncIterator[Any]]:
+        """The unit's bytes, streamed; raises a :class:`~tcia_mirror.errors.TciaMirrorError`.
+
+        ``transport``: for an ``archive`` unit, who sends the source's request and works its
+        body (the engine's ZIP workers); what is streamed is then ``transport.body(...)``."""
         ...
 
     def states_md5(self, unit: FetchUnit, *, md5: bool) -> str | None:

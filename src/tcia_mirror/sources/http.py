@@ -12,12 +12,12 @@ without waiting.
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import TypeVar
+from typing import Any, Protocol, TypeVar
 
 import anyio
 
@@ -25,6 +25,43 @@ T = TypeVar("T")
 Sleep = Callable[[float], Awaitable[None]]
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+class Response(Protocol):
+    """What a source reads of an HTTP answer before its body (aiohttp's ``ClientResponse``
+    is one)."""
+
+    @property
+    def status(self) -> int: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    async def read(self) -> bytes: ...
+
+    def release(self) -> None: ...
+
+
+class Transport(Protocol):
+    """Who sends a request and works its body, in place of a source's own session: the
+    engine's ZIP workers (:class:`~tcia_mirror.engine.zipproc.RemoteZip`) fetch a series ZIP
+    in the process that inflates and writes it. The source still builds the request and
+    decides on retries (:func:`retrying_open`); ``get`` raises ``ConnectionError`` when the
+    server could not be reached."""
+
+    async def get(
+        self,
+        url: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        connect_timeout: float | None = None,
+        read_timeout: float | None = None,
+    ) -> Response: ...
+
+    def body(self, resp: Any, what: str) -> AsyncIterator[Any]:
+        """What the transport made of a 2xx body (raises TransferError if it broke off)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)

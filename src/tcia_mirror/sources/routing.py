@@ -11,9 +11,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
+from typing import Any
 
 from tcia_mirror.selection import Selection
 from tcia_mirror.sources.base import FetchUnit, Mode, PlanResult, SeriesView, Source
+from tcia_mirror.sources.http import Transport
 from tcia_mirror.sources.idc.source import IdcSource
 from tcia_mirror.sources.nbia.client import ArchiveClient
 from tcia_mirror.sources.nbia.source import NbiaSource
@@ -75,9 +77,9 @@ class RoutingSource:
         return self._for_view(series).units(series, mode)
 
     def open(
-        self, unit: FetchUnit, *, md5: bool
-    ) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
-        return self._for_key(unit.key).open(unit, md5=md5)
+        self, unit: FetchUnit, *, md5: bool, transport: Transport | None = None
+    ) -> AbstractAsyncContextManager[AsyncIterator[Any]]:
+        return self._for_key(unit.key).open(unit, md5=md5, transport=transport)
 
     def states_md5(self, unit: FetchUnit, *, md5: bool) -> str | None:
         return self._for_key(unit.key).states_md5(unit, md5=md5)

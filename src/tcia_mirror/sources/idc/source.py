@@ -31,7 +31,7 @@ from tcia_mirror.errors import DataError, InputError, RemoteError, TransferError
 from tcia_mirror.fs.dicomio import CHARSETS, head_texts
 from tcia_mirror.selection import Selection
 from tcia_mirror.sources.base import FetchUnit, Mode, PlanResult, SeriesView
-from tcia_mirror.sources.http import AdaptiveLimiter, RetryPolicy, Sleep, real_sleep
+from tcia_mirror.sources.http import AdaptiveLimiter, RetryPolicy, Sleep, Transport, real_sleep
 from tcia_mirror.sources.idc.manifest import BucketRef, endpoint_for
 from tcia_mirror.sources.idc.s3 import ObjectInfo, S3Client, split_etag
 
@@ -363,8 +363,11 @@ class IdcSource:
         return self._expect.get(full)
 
     @asynccontextmanager
-    async def open(self, unit: FetchUnit, *, md5: bool) -> AsyncIterator[AsyncIterator[bytes]]:
-        assert unit.key is not None
+    async def open(
+        self, unit: FetchUnit, *, md5: bool, transport: Transport | None = None
+    ) -> AsyncIterator[AsyncIterator[bytes]]:
+        # the engine hands a transport only for archive units: a bucket has none
+        assert unit.key is not None and transport is None
         bucket, key = split_key(unit.key)
         endpoint = self.endpoint_of(bucket)
         info = await self._expected(bucket, key)

@@ -11,7 +11,7 @@ import json
 import random
 import re
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
@@ -34,7 +34,9 @@ from tcia_mirror.sources.http import (
     RETRY_STATUSES,
     AdaptiveLimiter,
     Failed,
+    Response,
     Sleep,
+    Transport,
     parse_retry_after,
     real_sleep,
     retrying,
@@ -123,6 +125,9 @@ def error_for_status(
     return err
 
 
+USER_AGENT = f"tcia-mirror/{__version__}"
+
+
 class ArchiveClient:
     """Async client for one archive dialect. Use as ``async with ArchiveClient(cfg) as c:``."""
 
@@ -165,7 +170,7 @@ class ArchiveClient:
             self._session = aiohttp.ClientSession(
                 timeout=timeout,
                 connector=connector,
-                headers={"User-Agent": f"tcia-mirror/{__version__}"},
+                headers={"User-Agent": USER_AGENT},
                 raise_for_status=False,
             )
         return self
@@ -221,14 +226,13 @@ class ArchiveClient:
             return await self._tokens.header(self.session)
         return {}
 
-    @asynccontextmanager
-    async def open(
+    def open(
         self,
         endpoint: str,
         params: Mapping[str, str] | None = None,
         *,
         metadata: bool = False,
-    ) -> AsyncIterator[aiohttp.ClientResponse]:
+    ) -> AbstractAsyncContextManager[aiohttp.ClientResponse]:
         """Open a response with status 2xx, retrying what may pass; the body is left to the caller.
 
         The retry policy is the shared layer's (:func:`~tcia_mirror.sources.http.retrying_open`):
@@ -236,12 +240,42 @@ class ArchiveClient:
         concurrency); here, an OAuth token is refreshed once on 401 and the request asked again
         at once. Errors are mapped by :func:`error_for_status`.
         """
+        return self._open(endpoint, params, metadata, None)
+
+    def open_via(
+        self, transport: Transport, endpoint: str, params: Mapping[str, str] | None = None
+    ) -> AbstractAsyncContextManager[Response]:
+        """:meth:`open`, the request sent by ``transport`` (a ZIP worker) with this client's
+        URL, credentials, timeouts, connection slot and retry policy."""
+        return self._open(endpoint, params, False, transport)
+
+    async def _send(
+        self, transport: Transport | None, url: str, query: dict[str, str], headers: dict[str, str]
+    ) -> Any:
+        if transport is None:
+            return await self.session.get(url, params=query, headers=headers)
+        return await transport.get(
+            url,
+            params=query,
+            headers={"User-Agent": USER_AGENT, **headers},
+            connect_timeout=self.config.connect_timeout,
+            read_timeout=self.config.read_timeout,
+        )
+
+    @asynccontextmanager
+    async def _open(
+        self,
+        endpoint: str,
+        params: Mapping[str, str] | None,
+        metadata: bool,
+        transport: Transport | None,
+    ) -> AsyncIterator[Any]:
         spec = self.profile.endpoint(endpoint)
         wire = spec.wire_params(dict(params or {}))
         url = self.url_for(spec, metadata=metadata)
         reauthed = False
 
-        async def attempt() -> aiohttp.ClientResponse | Failed:
+        async def attempt() -> Any:
             nonlocal reauthed
             while True:
                 query = dict(wire)
@@ -250,8 +284,8 @@ class ArchiveClient:
                 except (ServerError, RateLimitedError, UnreachableError) as exc:
                     return Failed(exc)  # the token endpoint had a hiccup: retry like any request
                 try:
-                    resp = await self.session.get(url, params=query, headers=headers)
-                except (aiohttp.ClientError, TimeoutError) as exc:
+                    resp = await self._send(transport, url, query, headers)
+                except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
                     return Failed(
                         UnreachableError(
                             f"{spec.name}: the archive at {self.config.root} did not answer "
@@ -288,7 +322,7 @@ class ArchiveClient:
 
         async with retrying_open(
             attempt,
-            aiohttp.ClientResponse.release,
+            _release,
             policy=self.config.retry,
             limiter=self.limiter,
             sleep=self._sleep,
@@ -495,3 +529,7 @@ def _p(**params: str | None) -> dict[str, str]:
 
 def _keep(items: Any) -> list[Any]:
     return [i for i in items if i is not None]
+
+
+def _release(resp: Response) -> None:
+    resp.release()

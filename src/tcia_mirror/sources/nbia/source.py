@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
+from typing import Any
 
 import aiohttp
 
 from tcia_mirror.errors import DataError, RemoteError, TransferError
 from tcia_mirror.selection import Selection
 from tcia_mirror.sources.base import FetchUnit, Mode, PlanResult, SeriesView
+from tcia_mirror.sources.http import Transport
 from tcia_mirror.sources.nbia.client import ArchiveClient
 from tcia_mirror.sources.nbia.planner import make_plan
 from tcia_mirror.store.base import SeriesState
@@ -83,12 +85,18 @@ class NbiaSource:
         return choose_units(series, mode)
 
     @asynccontextmanager
-    async def open(self, unit: FetchUnit, *, md5: bool) -> AsyncIterator[AsyncIterator[bytes]]:
+    async def open(
+        self, unit: FetchUnit, *, md5: bool, transport: Transport | None = None
+    ) -> AsyncIterator[AsyncIterator[Any]]:
         if unit.kind == "archive":
             endpoint, params = self.client.image_request(unit.series_uid, md5=md5)
         else:
             assert unit.key is not None
             endpoint, params = self.client.single_image_request(unit.series_uid, unit.key)
+        if transport is not None:
+            async with self.client.open_via(transport, endpoint, params) as answer:
+                yield transport.body(answer, endpoint)
+            return
         async with self.client.open(endpoint, params) as resp:
             yield _body(resp, endpoint)
 

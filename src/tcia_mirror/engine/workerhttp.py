@@ -1,0 +1,117 @@
+"""The ZIP worker's own HTTP: a series ZIP is fetched in the worker process that works its bytes,
+so they never pass through the event loop's process (issue 9: that hop cost about 1.5 s of CPU
+per 335 MB, measured by ``make bench-probe``).
+
+Blocking ``http.client`` on one thread per stream; keep-alive connections are pooled per
+origin. The parent (:mod:`tcia_mirror.engine.zipproc`) still decides everything that is not
+bytes: the URL and its credentials, the connection slot, and whether and when a failed request
+is tried again (the shared retry layer, :mod:`tcia_mirror.sources.http`). So a request answers
+its status, headers and (for an error) a short body before any byte of a 2xx body is worked.
+"""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import ssl
+import threading
+import urllib.parse
+from dataclasses import dataclass, field
+
+__all__ = ["CHUNK", "ERROR_BODY", "Answer", "Pool", "Request", "shut"]
+
+CHUNK = 256 * 1024  # bytes per read of a body
+ERROR_BODY = 64 * 1024  # bytes of an error answer's body kept for its message
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A GET as the parent built it: the whole URL (query included) and every header."""
+
+    url: str
+    headers: dict[str, str]
+    connect_timeout: float | None
+    read_timeout: float | None
+
+
+@dataclass(slots=True)
+class Answer:
+    """A response whose status and headers came; ``body`` is read by the stream's thread."""
+
+    conn: http.client.HTTPConnection
+    resp: http.client.HTTPResponse
+    key: tuple[str, str, int]
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return dict(self.resp.getheaders())
+
+
+@dataclass(eq=False)
+class Pool:
+    """Idle keep-alive connections per origin, shared by the worker's stream threads."""
+
+    idle: dict[tuple[str, str, int], list[http.client.HTTPConnection]] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    _tls: ssl.SSLContext | None = None
+
+    def _new(self, key: tuple[str, str, int], timeout: float | None) -> http.client.HTTPConnection:
+        scheme, host, port = key
+        if scheme == "https":
+            if self._tls is None:
+                self._tls = ssl.create_default_context()  # verified, as the parent's session
+            return http.client.HTTPSConnection(host, port, timeout=timeout, context=self._tls)
+        return http.client.HTTPConnection(host, port, timeout=timeout)
+
+    def _take(self, key: tuple[str, str, int]) -> http.client.HTTPConnection | None:
+        with self.lock:
+            conns = self.idle.get(key)
+            return conns.pop() if conns else None
+
+    def give_back(self, answer: Answer) -> None:
+        """A connection whose response was read to its end, for the next request."""
+        if answer.resp.will_close or answer.conn.sock is None:
+            answer.conn.close()
+            return
+        with self.lock:
+            self.idle.setdefault(answer.key, []).append(answer.conn)
+
+    def open(self, req: Request, started: list[http.client.HTTPConnection]) -> Answer:
+        """Send ``req``; return once the status line and headers came. A pooled connection the
+        server closed meanwhile is replaced once. ``started`` receives each connection as it is
+        used (so another thread can shut it down to abort). Raises ``OSError`` or
+        ``http.client.HTTPException``."""
+        parts = urllib.parse.urlsplit(req.url)
+        scheme = parts.scheme.lower()
+        if scheme not in ("http", "https"):
+            raise http.client.InvalidURL(f"not an HTTP URL: {scheme}")
+        port = parts.port or (443 if scheme == "https" else 80)
+        key = (scheme, parts.hostname or "", port)
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        pooled = self._take(key)
+        while True:
+            conn = pooled or self._new(key, req.connect_timeout)
+            started.append(conn)
+            try:
+                if conn.sock is None:
+                    conn.connect()
+                    if conn.sock is not None:
+                        conn.sock.settimeout(req.read_timeout)
+                        conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                conn.request("GET", target, headers=req.headers)
+                return Answer(conn, conn.getresponse(), key)
+            except (OSError, http.client.HTTPException):
+                conn.close()
+                if pooled is None:
+                    raise
+                pooled = None  # the server closed the idle connection: once more, fresh
+
+
+def shut(conn: http.client.HTTPConnection) -> None:
+    """Unblock a thread reading ``conn`` (abort): its next read fails at once."""
+    sock = conn.sock
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass

@@ -1,0 +1,205 @@
+"""A ZIP worker process makes the series ZIP's request itself (issue 9): the ZIP's bytes never
+pass through the event loop's process. The parent keeps the credentials, the connection slot and
+the retry decision; the mirror, the checks and the clean-up are the same as on the loop."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import pickle
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from helpers import config_for, dicom_files, ground_truth_files, running_sim
+from tcia_mirror.engine import pipeline, zipproc
+from tcia_mirror.engine.mirror import DownloadOptions, Mirror
+from tcia_mirror.engine.workerhttp import Request
+from tcia_mirror.engine.zipworker import FETCH, FROM_WORKER, OPEN, TO_WORKER
+from tcia_mirror.errors import UnreachableError
+from tcia_mirror.selection import Selection
+from tcia_mirror.sources.nbia.auth import Credentials
+from tcia_mirror.sources.nbia.clientconfig import ClientConfig
+from tcia_mirror.store.sqlite import SqliteStore
+from tcia_mirror.testing.simulator.faults import ZIP_ENDPOINTS, Faults
+
+pytestmark = pytest.mark.anyio
+
+
+def _parts(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.name.endswith(".part")]
+
+
+@pytest.fixture
+def through_workers(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Every series ZIP goes to a worker (the test data's instances are tiny), and the loop
+    must never be handed a ZIP's bytes: a chunk fed by the loop fails the run. Returns the
+    list of requests the workers were asked to make."""
+    monkeypatch.setattr(pipeline, "ZIP_WORKER_MIN_MEAN", 0)
+    fetches: list[int] = []
+    real_get = zipproc.RemoteZip.get
+
+    async def bytes_through_the_loop(self: object, chunk: bytes) -> object:
+        raise AssertionError("a ZIP's bytes passed through the event loop")
+
+    async def counted_get(self: zipproc.RemoteZip, url: str, **kw: Any) -> object:
+        fetches.append(1)
+        return await real_get(self, url, **kw)
+
+    monkeypatch.setattr(zipproc.RemoteZip, "feed", bytes_through_the_loop)
+    monkeypatch.setattr(zipproc.RemoteZip, "get", counted_get)
+    return fetches
+
+
+def _config(sim: Any, profile: str, key_in: str = "header") -> ClientConfig:
+    if profile == "tcia-v3":
+        cfg = config_for(sim, profile, credentials=Credentials(api_key="sim-key"))
+        return dataclasses.replace(cfg, profile=dataclasses.replace(cfg.profile, api_key_in=key_in))
+    if profile == "nbia-v2":
+        return config_for(
+            sim, profile, credentials=Credentials(user="alice", password="wonderland")
+        )
+    return config_for(sim, profile)
+
+
+@pytest.mark.parametrize(
+    ("profile", "key_in"),
+    [("nbia-v4", ""), ("nbia-v2", ""), ("tcia-v3", "header"), ("tcia-v3", "query")],
+)
+async def test_the_workers_fetch_the_zips_with_the_parents_credentials(
+    tmp_path: Path, through_workers: list[int], profile: str, key_in: str
+) -> None:
+    """No auth, an OAuth token, an API key in a header or in the query: the worker sends what
+    the parent's client built, and the mirror is the archive's, byte for byte."""
+    async with running_sim() as sim:
+        coll = sim.dataset.series[0].collection
+        uids = [s.series_uid for s in sim.dataset.series if s.collection == coll]
+        report = await Mirror(tmp_path, _config(sim, profile, key_in)).download(
+            Selection(collection=coll), DownloadOptions(zip_workers=2)
+        )
+        assert report.ok, report.problems
+        assert dicom_files(tmp_path) == ground_truth_files(sim, uids)
+    assert len(through_workers) >= len(uids)
+    assert not _parts(tmp_path)
+
+
+async def test_the_workers_fetch_through_5xx_429_dropped_and_truncated_zips(
+    tmp_path: Path, through_workers: list[int]
+) -> None:
+    """The shared retry layer decides on the worker's answers as on aiohttp's: every fault
+    kind is met and retried, and the mirror is still the archive's."""
+    faults = Faults(
+        error_rate=0.3, rate_limit_rate=0.2, retry_after=0.01, drop_rate=0.3,
+        truncate_rate=0.4, endpoints=ZIP_ENDPOINTS, seed=3,
+    )  # fmt: skip
+    async with running_sim(faults=faults) as sim:
+        uids = [s.series_uid for s in sim.dataset.series]
+        report = await Mirror(tmp_path, config_for(sim)).download(
+            Selection(series=tuple(uids)), DownloadOptions(zip_workers=2, concurrency=4)
+        )
+        assert report.ok, report.problems
+        assert dicom_files(tmp_path) == ground_truth_files(sim, uids)
+        injected = sim.faults_injected
+    for kind in ("5xx", "429", "drop", "truncate"):
+        assert injected[kind] >= 1, injected
+    assert not _parts(tmp_path)
+
+
+async def test_an_archive_a_worker_cannot_reach_is_retried_then_named(
+    tmp_path: Path, through_workers: list[int]
+) -> None:
+    """A worker that cannot connect says why; the parent retries as for aiohttp's errors,
+    then stops the run with the one-line error of an archive that does not answer."""
+    async with running_sim() as sim:
+        uid = sim.dataset.series[0].series_uid
+        cfg = config_for(sim)
+        await Mirror(tmp_path, cfg).plan(Selection(series=(uid,)))
+        port = sim.root.rsplit(":", 1)[1]
+    dead = dataclasses.replace(cfg, base_url=cfg.base_url.replace(port, "1"))
+    with pytest.raises(UnreachableError, match=r"did not answer \(ConnectionRefusedError\)"):
+        await Mirror(tmp_path, dead).resume(DownloadOptions(zip_workers=1))
+    assert len(through_workers) == cfg.retry.attempts  # every try went through the worker
+    assert not _parts(tmp_path)
+
+
+def test_a_worker_whose_parent_dies_mid_fetch_removes_its_entry_and_exits(
+    tmp_path: Path,
+) -> None:
+    """kill -9 of the parent while a worker's thread is blocked reading a slow body: the
+    worker shuts the socket, removes the temp file of the entry it had not handed over, and
+    exits at once."""
+
+    async def main() -> None:
+        faults = Faults(bandwidth=20_000.0, endpoints=ZIP_ENDPOINTS)  # a 10+ s body
+        async with running_sim("bench", faults=faults) as sim:
+            uid = sim.dataset.series[0].series_uid
+            url = f"{sim.base_url('nbia-v4')}/getImage?SeriesInstanceUID={uid}"
+            await anyio.to_thread.run_sync(_kill_the_parent_mid_fetch, tmp_path, url)
+
+    anyio.run(main)
+
+
+def _kill_the_parent_mid_fetch(tmp_path: Path, url: str) -> None:
+    src = Path(__file__).resolve().parents[2] / "src"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tcia_mirror.engine.zipworker"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        env={"PYTHONPATH": str(src), "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert proc.stdin is not None and proc.stdout is not None
+    args = (str(tmp_path), str(tmp_path), True, "1@host", "0123abcd", (2**30, 200.0, 100_000))
+    opened = pickle.dumps(args)
+    req = pickle.dumps(dataclasses.astuple(Request(url, {}, 5.0, 60.0)))
+    proc.stdin.write(TO_WORKER.pack(OPEN, 1, len(opened)) + opened)
+    proc.stdin.write(TO_WORKER.pack(FETCH, 1, len(req)) + req)
+    proc.stdin.flush()
+    sid, length = FROM_WORKER.unpack(proc.stdout.read(FROM_WORKER.size))
+    status = pickle.loads(proc.stdout.read(length))
+    assert (sid, status[0], status[1]) == (1, "status", 200)
+    deadline = time.monotonic() + 20
+    while not _parts(tmp_path):  # the first entry is being written
+        assert time.monotonic() < deadline, "no entry was started"
+        time.sleep(0.05)
+    before = time.monotonic()
+    proc.stdin.close()  # what the worker sees of a parent killed by -9
+    assert proc.wait(timeout=10) == 0
+    assert time.monotonic() - before < 5, "the blocked read held the worker"
+    handed = set()
+    rest = proc.stdout.read()
+    proc.stdout.close()
+    while rest:
+        _sid, length = FROM_WORKER.unpack(rest[: FROM_WORKER.size])
+        msg = pickle.loads(rest[FROM_WORKER.size : FROM_WORKER.size + length])
+        rest = rest[FROM_WORKER.size + length :]
+        assert msg[0] == "fed"
+        handed |= {Path(temp).name for _n, temp, *_ in msg[2]}
+    # what the worker had handed over is the (dead) parent's, left for the next run to
+    # adopt or remove; the entry it was writing is gone
+    assert {p.name for p in _parts(tmp_path)} <= handed
+
+
+async def test_what_a_worker_recorded_of_each_file_is_the_files(
+    tmp_path: Path, through_workers: list[int]
+) -> None:
+    """The size and MD5 the worker computed while writing are what the store records, and
+    they are the bytes on disk; verify agrees."""
+    async with running_sim() as sim:
+        uid = sim.dataset.series[0].series_uid
+        m = Mirror(tmp_path, config_for(sim, "nbia-v1"))
+        report = await m.download(Selection(series=(uid,)), DownloadOptions(zip_workers=1))
+        assert report.ok, report.problems
+        verified = await m.verify()
+    assert verified.ok
+    store = await SqliteStore.open(tmp_path, create=False)
+    async with store:
+        insts = await store.instances(uid)
+    assert insts and all(i.done for i in insts)
+    for i in insts:
+        assert i.rel_path is not None
+        data = (tmp_path / i.rel_path).read_bytes()
+        assert (i.size, i.md5) == (len(data), hashlib.md5(data).hexdigest())
