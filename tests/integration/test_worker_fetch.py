@@ -4,12 +4,14 @@ the retry decision; the mirror, the checks and the clean-up are the same as on t
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import pickle
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,7 @@ import pytest
 from helpers import config_for, dicom_files, ground_truth_files, running_sim
 from tcia_mirror.engine import pipeline, zipproc
 from tcia_mirror.engine.mirror import DownloadOptions, Mirror
-from tcia_mirror.engine.workerhttp import Request
+from tcia_mirror.engine.workerhttp import Pool, Request
 from tcia_mirror.engine.zipworker import FETCH, FROM_WORKER, OPEN, TO_WORKER
 from tcia_mirror.errors import UnreachableError
 from tcia_mirror.selection import Selection
@@ -203,3 +205,59 @@ async def test_what_a_worker_recorded_of_each_file_is_the_files(
         assert i.rel_path is not None
         data = (tmp_path / i.rel_path).read_bytes()
         assert (i.size, i.md5) == (len(data), hashlib.md5(data).hexdigest())
+
+
+async def test_a_worker_follows_redirects_and_drops_credentials_across_origins() -> None:
+    """An archive behind a redirect: the worker follows it, as aiohttp does. The credentials
+    go on within the origin and never to another one."""
+    from aiohttp import web  # noqa: PLC0415
+
+    seen: dict[str, dict[str, str]] = {}
+
+    async def final(request: web.Request) -> web.Response:
+        seen[request.path] = dict(request.headers)
+        return web.Response(body=b"the ZIP")
+
+    other = web.Application()
+    other.router.add_get("/zip", final)
+    async with _serving(other) as other_url:
+
+        async def first(request: web.Request) -> web.Response:
+            seen[request.path] = dict(request.headers)
+            raise web.HTTPFound("/second")  # same origin
+
+        async def second(request: web.Request) -> web.Response:
+            seen[request.path] = dict(request.headers)
+            raise web.HTTPTemporaryRedirect(f"{other_url}/zip")  # another origin
+
+        app = web.Application()
+        app.router.add_get("/first", first)
+        app.router.add_get("/second", second)
+        async with _serving(app) as url:
+            req = Request(f"{url}/first", {"User-Agent": "t", "api_key": "k3y"}, 5.0, 5.0)
+
+            def fetch() -> tuple[int, bytes]:
+                answer = Pool().open(req, [])
+                try:
+                    return answer.resp.status, answer.resp.read()
+                finally:
+                    answer.conn.close()
+
+            assert await anyio.to_thread.run_sync(fetch) == (200, b"the ZIP")
+    assert seen["/first"]["api_key"] == seen["/second"]["api_key"] == "k3y"
+    assert "api_key" not in seen["/zip"] and seen["/zip"]["User-Agent"] == "t"
+
+
+@contextlib.asynccontextmanager
+async def _serving(app: Any) -> AsyncIterator[str]:
+    from aiohttp import web  # noqa: PLC0415
+
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()

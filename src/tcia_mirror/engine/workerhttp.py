@@ -22,6 +22,13 @@ __all__ = ["CHUNK", "ERROR_BODY", "Answer", "Pool", "Request", "shut"]
 
 CHUNK = 256 * 1024  # bytes per read of a body
 ERROR_BODY = 64 * 1024  # bytes of an error answer's body kept for its message
+MAX_REDIRECTS = 10  # aiohttp's default
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urllib.parse.urlsplit(url)
+    return (parts.scheme.lower(), (parts.hostname or "").lower(), parts.port)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,11 +84,33 @@ class Pool:
             self.idle.setdefault(answer.key, []).append(answer.conn)
 
     def open(self, req: Request, started: list[http.client.HTTPConnection]) -> Answer:
-        """Send ``req``; return once the status line and headers came. A pooled connection the
-        server closed meanwhile is replaced once. ``started`` receives each connection as it is
-        used (so another thread can shut it down to abort). Raises ``OSError`` or
+        """Send ``req``; return once the status line and headers came. Redirects are followed
+        (at most ``MAX_REDIRECTS``, as aiohttp does); one to another origin carries no
+        credentials (only the User-Agent goes on). A pooled connection the server closed
+        meanwhile is replaced once. ``started`` receives each connection as it is used (so
+        another thread can shut it down to abort). Raises ``OSError`` or
         ``http.client.HTTPException``."""
-        parts = urllib.parse.urlsplit(req.url)
+        url, headers = req.url, req.headers
+        for _ in range(MAX_REDIRECTS):
+            answer = self._once(url, headers, req, started)
+            location = answer.resp.getheader("Location")
+            if answer.resp.status not in _REDIRECTS or not location:
+                return answer
+            answer.conn.close()
+            target = urllib.parse.urljoin(url, location.strip())
+            if _origin(target) != _origin(url):
+                headers = {k: v for k, v in headers.items() if k.lower() == "user-agent"}
+            url = target
+        return self._once(url, headers, req, started)  # the last hop's answer, whatever it is
+
+    def _once(
+        self,
+        url: str,
+        headers: dict[str, str],
+        req: Request,
+        started: list[http.client.HTTPConnection],
+    ) -> Answer:
+        parts = urllib.parse.urlsplit(url)
         scheme = parts.scheme.lower()
         if scheme not in ("http", "https"):
             raise http.client.InvalidURL(f"not an HTTP URL: {scheme}")
@@ -98,7 +127,7 @@ class Pool:
                     if conn.sock is not None:
                         conn.sock.settimeout(req.read_timeout)
                         conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                conn.request("GET", target, headers=req.headers)
+                conn.request("GET", target, headers=headers)
                 return Answer(conn, conn.getresponse(), key)
             except (OSError, http.client.HTTPException):
                 conn.close()
