@@ -48,3 +48,18 @@ def test_status_of_a_mirror_does_not_import_the_http_stack(tmp_path: Path) -> No
     code, heavy = _imported("status", "--out", str(tmp_path), "--json")
     assert code == 0
     assert "aiohttp" not in heavy
+
+
+def test_the_main_process_does_not_load_the_zip_workers_http_stack() -> None:
+    """The ZIP workers' own HTTP (http.client, ssl) is theirs: the engine and the worker pool
+    import only the frames (zipwire)."""
+    code = (
+        "import sys, tcia_mirror.engine.run, tcia_mirror.engine.zipproc;"
+        "print(sorted(m for m in sys.modules if m.startswith('tcia_mirror.engine.')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    assert "tcia_mirror.engine.zipwire" in out
+    assert "tcia_mirror.engine.workerhttp" not in out
+    assert "tcia_mirror.engine.zipworker" not in out

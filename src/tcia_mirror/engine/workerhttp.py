@@ -18,6 +18,8 @@ import threading
 import urllib.parse
 from dataclasses import dataclass, field
 
+from tcia_mirror.engine.zipwire import Request
+
 __all__ = ["CHUNK", "ERROR_BODY", "Answer", "Pool", "Request", "shut"]
 
 CHUNK = 256 * 1024  # bytes per read of a body
@@ -29,16 +31,6 @@ _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 def _origin(url: str) -> tuple[str, str, int | None]:
     parts = urllib.parse.urlsplit(url)
     return (parts.scheme.lower(), (parts.hostname or "").lower(), parts.port)
-
-
-@dataclass(frozen=True, slots=True)
-class Request:
-    """A GET as the parent built it: the whole URL (query included) and every header."""
-
-    url: str
-    headers: dict[str, str]
-    connect_timeout: float | None
-    read_timeout: float | None
 
 
 @dataclass(slots=True)

@@ -37,9 +37,17 @@ from anyio.abc import Process, TaskGroup
 from anyio.streams.buffered import BufferedByteReceiveStream
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from tcia_mirror.engine.workerhttp import Request
 from tcia_mirror.engine.zipentries import Fed, ZipEntry, ZipState
-from tcia_mirror.engine.zipworker import ABORT, DATA, END, FETCH, FROM_WORKER, OPEN, TO_WORKER
+from tcia_mirror.engine.zipwire import (
+    ABORT,
+    DATA,
+    END,
+    FETCH,
+    FROM_WORKER,
+    OPEN,
+    TO_WORKER,
+    Request,
+)
 from tcia_mirror.errors import DataError, DiskError, TciaMirrorError, TransferError
 from tcia_mirror.fs.atomic import AtomicWriter, host_tag
 from tcia_mirror.sources.nbia.zipstream import ZipLimits

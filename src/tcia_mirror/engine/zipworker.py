@@ -27,7 +27,6 @@ from __future__ import annotations
 import http.client
 import pickle
 import signal
-import struct
 import sys
 import threading
 from collections.abc import Callable
@@ -35,17 +34,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from tcia_mirror.engine.workerhttp import CHUNK, ERROR_BODY, Answer, Pool, Request, shut
+from tcia_mirror.engine.workerhttp import CHUNK, ERROR_BODY, Answer, Pool, shut
 from tcia_mirror.engine.zipentries import Fed, ZipState
+from tcia_mirror.engine.zipwire import (
+    ABORT,
+    DATA,
+    END,
+    FETCH,
+    FROM_WORKER,
+    OPEN,
+    TO_WORKER,
+    Request,
+)
 from tcia_mirror.errors import DataError, DiskError, TransferError
 from tcia_mirror.fs.atomic import AtomicWriter
 from tcia_mirror.sources.nbia.zipstream import ZipLimits, ZipStreamReader
 
 __all__ = ["ABORT", "DATA", "END", "FETCH", "OPEN", "TO_WORKER", "FROM_WORKER", "main"]
 
-TO_WORKER = struct.Struct("<BII")
-FROM_WORKER = struct.Struct("<II")
-OPEN, DATA, END, ABORT, FETCH = 1, 2, 3, 4, 5
 _PIPE_SIZE = 1 << 20  # a larger pipe: fewer wake-ups per MB (Linux; best effort)
 REPORT = 1 << 20  # a fetching stream reports its bytes at least this often (progress)
 
