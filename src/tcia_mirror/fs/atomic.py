@@ -165,7 +165,7 @@ class AtomicWriter:
         """A writer for a temp file another process wrote and closed: it can be synced (the
         data reaches the disk before the rename), committed or aborted."""
         self = cls.__new__(cls)
-        self.dest, self._temp = Path(dest), Path(temp)
+        self.dest, self._temp = dest, temp
         self._fsync, self._ops, self._mirror_dir = fsync, ops, mirror_dir
         self._done, self._file, self._external, self._synced = False, None, True, False
         self.size = 0
