@@ -24,6 +24,7 @@ from tcia_mirror.engine.mirror import DownloadOptions, Mirror
 from tcia_mirror.engine.workerhttp import Pool, Request
 from tcia_mirror.engine.zipworker import FETCH, FROM_WORKER, OPEN, TO_WORKER
 from tcia_mirror.errors import UnreachableError
+from tcia_mirror.progress import NullProgress
 from tcia_mirror.selection import Selection
 from tcia_mirror.sources.nbia.auth import Credentials
 from tcia_mirror.sources.nbia.clientconfig import ClientConfig
@@ -31,6 +32,10 @@ from tcia_mirror.store.sqlite import SqliteStore
 from tcia_mirror.testing.simulator.faults import ZIP_ENDPOINTS, Faults
 
 pytestmark = pytest.mark.anyio
+
+
+def image_tries(sim: Any, uid: str) -> int:
+    return sum(n for (_e, series, _s), n in sim.image_requests.items() if series == uid)
 
 
 def _parts(root: Path) -> list[Path]:
@@ -137,7 +142,7 @@ def test_a_worker_whose_parent_dies_mid_fetch_removes_its_entry_and_exits(
     exits at once."""
 
     async def main() -> None:
-        faults = Faults(bandwidth=20_000.0, endpoints=ZIP_ENDPOINTS)  # a 10+ s body
+        faults = Faults(bandwidth=400_000.0, endpoints=ZIP_ENDPOINTS)  # a 100 s body
         async with running_sim("bench", faults=faults) as sim:
             uid = sim.dataset.series[0].series_uid
             url = f"{sim.base_url('nbia-v4')}/getImage?SeriesInstanceUID={uid}"
@@ -261,3 +266,44 @@ async def _serving(app: Any) -> AsyncIterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         await runner.cleanup()
+
+
+async def test_a_worker_killed_mid_fetch_costs_a_retry_and_loses_nothing(
+    tmp_path: Path, through_workers: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kill -9 of a ZIP worker while its thread streams a body: the parent sees a cut
+    transfer, starts another worker and fetches the series again; the mirror is whole and
+    the dead worker's temp files are removed."""
+    procs: list[Any] = []
+    real = zipproc._spawn
+
+    async def spawned() -> Any:
+        procs.append(await real())
+        return procs[-1]
+
+    monkeypatch.setattr(zipproc, "_spawn", spawned)
+
+    class KillOnce(NullProgress):
+        killed = False
+
+        def on_bytes(self, n: int) -> None:
+            if n > 0 and not self.killed and procs:
+                self.killed = True
+                procs[0].kill()
+
+    progress = KillOnce()
+    # a series ZIP of several worker reads (256 KiB each), paced: the kill lands mid-body
+    faults = Faults(bandwidth=300_000.0, endpoints=ZIP_ENDPOINTS)
+    async with running_sim("demo", faults=faults) as sim:
+        uid = max(sim.dataset.series, key=lambda s: len(s.instances)).series_uid
+        m = Mirror(tmp_path, config_for(sim), progress=progress)
+        report = await m.download(Selection(series=(uid,)), DownloadOptions(zip_workers=1))
+        assert report.ok, report.problems
+        assert dicom_files(tmp_path) == ground_truth_files(sim, [uid])
+        assert image_tries(sim, uid) == 2  # the killed ZIP and the whole one
+    assert progress.killed and len(procs) == 2
+    assert report.series[0]["notes"] == [
+        "TransferError: getImage: the ZIP worker process ended unexpectedly"
+    ]
+    assert len(through_workers) >= 2
+    assert not _parts(tmp_path)
