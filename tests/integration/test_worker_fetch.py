@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import hashlib
 import pickle
+import select
 import subprocess
 import sys
 import time
@@ -307,3 +308,32 @@ async def test_a_worker_killed_mid_fetch_costs_a_retry_and_loses_nothing(
     ]
     assert len(through_workers) >= 2
     assert not _parts(tmp_path)
+
+
+def test_a_fetch_that_fails_unexpectedly_still_answers_the_parent(tmp_path: Path) -> None:
+    """The parent waits for an answer to every request: a failure the worker did not foresee
+    (here a port out of range) ends the stream with a one-line error naming only its type,
+    never the URL (it may carry an API key)."""
+    src = Path(__file__).resolve().parents[2] / "src"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tcia_mirror.engine.zipworker"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        env={"PYTHONPATH": str(src), "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert proc.stdin is not None and proc.stdout is not None
+    args = (str(tmp_path), str(tmp_path), True, "1@host", "0123abcd", (2**30, 200.0, 100_000))
+    opened = pickle.dumps(args)
+    url = "http://127.0.0.1:99999/getImage?api_key=s3cret"
+    req = pickle.dumps(dataclasses.astuple(Request(url, {}, 5.0, 5.0)))
+    proc.stdin.write(TO_WORKER.pack(OPEN, 7, len(opened)) + opened)
+    proc.stdin.write(TO_WORKER.pack(FETCH, 7, len(req)) + req)
+    proc.stdin.flush()
+    ready, _, _ = select.select([proc.stdout], [], [], 10)
+    assert ready, "the worker never answered"
+    sid, length = FROM_WORKER.unpack(proc.stdout.read(FROM_WORKER.size))
+    answer = pickle.loads(proc.stdout.read(length))
+    proc.stdin.close()
+    assert proc.wait(timeout=10) == 0
+    proc.stdout.close()
+    assert sid == 7
+    assert answer == ("error", "TransferError", "ZIP worker: ValueError while fetching", 0)

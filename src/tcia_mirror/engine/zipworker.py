@@ -14,7 +14,7 @@ Frames to the worker: ``<B kind><I stream><I length>`` and ``length`` bytes (a p
 ``error`` or ``aborted``. When its input ends (the parent exited, even by ``kill -9``), the worker
 removes the temp files of entries it had not handed over, and exits.
 
-``FETCH`` (a pickled :class:`~tcia_mirror.engine.workerhttp.Request`): the worker makes the
+``FETCH`` (a pickled :class:`~tcia_mirror.engine.zipwire.Request`): the worker makes the
 request itself, on a thread of the stream's own, and the ZIP's bytes never pass through the
 parent. It answers ``("status", code, headers, error body)`` or ``("unreachable", why)``
 first; after a 2xx, ``fed`` replies come unasked (when entries completed, and every
@@ -29,7 +29,6 @@ import pickle
 import signal
 import sys
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -54,8 +53,6 @@ __all__ = ["ABORT", "DATA", "END", "FETCH", "OPEN", "TO_WORKER", "FROM_WORKER", 
 
 _PIPE_SIZE = 1 << 20  # a larger pipe: fewer wake-ups per MB (Linux; best effort)
 REPORT = 1 << 20  # a fetching stream reports its bytes at least this often (progress)
-
-Reply = Callable[[int, tuple[Any, ...]], None]
 
 
 @dataclass(slots=True)
@@ -197,6 +194,23 @@ class _Server:
 
     # -- the worker fetches the bytes (a thread per request) ----------------------------------
     def fetch(self, sid: int, st: _Stream, req: Request) -> None:
+        """A stream's request, on its own thread. Whatever happens, the parent gets an answer:
+        it waits for one (an unexpected failure ends the stream, named by its type only: the
+        request's URL and headers may hold credentials)."""
+        try:
+            self._fetch(sid, st, req)
+        except BaseException as exc:  # noqa: BLE001 - the parent must not wait forever
+            why = ("TransferError", f"ZIP worker: {type(exc).__name__} while fetching")
+            try:
+                with st.lock:
+                    if not st.aborted and sid in self.streams:
+                        st.aborted = True
+                        self.reply(sid, ("error", *why, self.drop(sid)))
+            except BaseException:  # noqa: BLE001, S110 - the parent is gone: nobody to tell
+                pass
+
+    def _fetch(self, sid: int, st: _Stream, req: Request) -> None:
+        st.conns.clear()
         try:
             answer = self.pool.open(req, st.conns)
         except (OSError, http.client.HTTPException) as exc:
