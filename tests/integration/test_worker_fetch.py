@@ -337,3 +337,63 @@ def test_a_fetch_that_fails_unexpectedly_still_answers_the_parent(tmp_path: Path
     proc.stdout.close()
     assert sid == 7
     assert answer == ("error", "TransferError", "ZIP worker: ValueError while fetching", 0)
+
+
+async def test_a_worker_verifies_the_archives_certificate(tmp_path: Path) -> None:
+    """Over https the worker trusts what the parent's session trusts (the system's CAs): an
+    archive whose certificate nobody signed is refused, as aiohttp refuses it."""
+    import datetime  # noqa: PLC0415
+    import ipaddress  # noqa: PLC0415
+    import ssl  # noqa: PLC0415
+
+    from aiohttp import web  # noqa: PLC0415
+    from cryptography import x509  # noqa: PLC0415
+    from cryptography.hazmat.primitives import hashes, serialization  # noqa: PLC0415
+    from cryptography.hazmat.primitives.asymmetric import ec  # noqa: PLC0415
+    from cryptography.x509.oid import NameOID  # noqa: PLC0415
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+
+    async def zip_(request: web.Request) -> web.Response:
+        return web.Response(body=b"PK")
+
+    app = web.Application()
+    app.router.add_get("/zip", zip_)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        req = Request(f"https://127.0.0.1:{port}/zip", {}, 5.0, 5.0)
+
+        def fetch() -> None:
+            Pool().open(req, [])
+
+        with pytest.raises(ssl.SSLCertVerificationError):
+            await anyio.to_thread.run_sync(fetch)
+    finally:
+        await runner.cleanup()
