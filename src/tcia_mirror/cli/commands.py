@@ -178,11 +178,13 @@ def add_engine_commands(sub: Any, conn: argparse.ArgumentParser) -> None:
 
 # -- helpers -----------------------------------------------------------------------------------
 def _progress(args: argparse.Namespace) -> Progress:
-    from tcia_mirror.cli.tqdm import LineProgress, TqdmProgress  # noqa: PLC0415
-
     if getattr(args, "no_progress", False) or not sys.stderr.isatty():
+        from tcia_mirror.cli.lines import LineProgress  # noqa: PLC0415
+
         # cron-friendly: no chatter; the outcome is the one summary line on stdout
         return LineProgress(quiet=True)
+    from tcia_mirror.cli.tqdm import TqdmProgress  # noqa: PLC0415
+
     return TqdmProgress()
 
 

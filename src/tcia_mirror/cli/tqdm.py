@@ -58,28 +58,3 @@ class TqdmProgress:
             if bar is not None:
                 bar.close()
         self._bytes = self._series = None
-
-
-class LineProgress:
-    """No bars (not a terminal, or --no-progress): messages only, one line each."""
-
-    def __init__(self, *, file: Any = None, quiet: bool = False) -> None:
-        self._file = file or sys.stderr
-        self._quiet = quiet
-
-    def on_start(self, **_: int) -> None:
-        pass
-
-    def on_bytes(self, n: int) -> None:
-        pass
-
-    def on_series(self, uid: str, outcome: str) -> None:
-        if outcome != "complete" and not self._quiet:
-            print(f"series {uid}: {outcome}", file=self._file)
-
-    def on_message(self, text: str) -> None:
-        if not self._quiet:
-            print(text, file=self._file)
-
-    def close(self) -> None:
-        pass
