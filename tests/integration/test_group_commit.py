@@ -53,8 +53,9 @@ async def test_bodies_in_flight_never_exceed_concurrency_and_files_commit_in_gro
         await flush(self, batch)
 
     monkeypatch.setattr(GroupCommitter, "_flush", counted)
-    # slow bodies (2 MB/s) keep several workers busy at once
-    faults = Faults(latency=0.01, bandwidth=2e6)
+    # slow answers (0.1 s each, then 2 MB/s) keep several workers busy at once, even on a
+    # loaded machine (with 0.01 s, a CI run once saw only 2 of 3 bodies overlap)
+    faults = Faults(latency=0.1, bandwidth=2e6)
     s3 = CountingBucket(Dataset(DatasetSpec.preset("test")), faults=faults)
     async with s3:
         manifest = s3.write_manifest(tmp_path / "m.s5cmd")
