@@ -325,16 +325,23 @@ def test_a_fetch_that_fails_unexpectedly_still_answers_the_parent(tmp_path: Path
     opened = pickle.dumps(args)
     url = "http://127.0.0.1:99999/getImage?api_key=s3cret"
     req = pickle.dumps(dataclasses.astuple(Request(url, {}, 5.0, 5.0)))
-    proc.stdin.write(TO_WORKER.pack(OPEN, 7, len(opened)) + opened)
-    proc.stdin.write(TO_WORKER.pack(FETCH, 7, len(req)) + req)
-    proc.stdin.flush()
-    ready, _, _ = select.select([proc.stdout], [], [], 10)
-    assert ready, "the worker never answered"
-    sid, length = FROM_WORKER.unpack(proc.stdout.read(FROM_WORKER.size))
-    answer = pickle.loads(proc.stdout.read(length))
-    proc.stdin.close()
-    assert proc.wait(timeout=10) == 0
-    proc.stdout.close()
+    try:
+        proc.stdin.write(TO_WORKER.pack(OPEN, 7, len(opened)) + opened)
+        proc.stdin.write(TO_WORKER.pack(FETCH, 7, len(req)) + req)
+        proc.stdin.flush()
+        ready, _, _ = select.select([proc.stdout], [], [], 10)
+        assert ready, "the worker never answered"
+        sid, length = FROM_WORKER.unpack(proc.stdout.read(FROM_WORKER.size))
+        answer = pickle.loads(proc.stdout.read(length))
+        proc.stdin.close()
+        # exits cleanly: its thread had just written that answer (regression: the
+        # interpreter's shutdown found stdout's lock held by it and aborted, -6)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdin.close()
+        proc.stdout.close()
     assert sid == 7
     assert answer == ("error", "TransferError", "ZIP worker: ValueError while fetching", 0)
 

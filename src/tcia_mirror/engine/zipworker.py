@@ -25,13 +25,15 @@ open for the parent's next try.
 from __future__ import annotations
 
 import http.client
+import os
 import pickle
 import signal
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NoReturn
 
 from tcia_mirror.engine.workerhttp import CHUNK, ERROR_BODY, Answer, Pool, shut
 from tcia_mirror.engine.zipentries import Fed, ZipState
@@ -53,6 +55,7 @@ __all__ = ["ABORT", "DATA", "END", "FETCH", "OPEN", "TO_WORKER", "FROM_WORKER", 
 
 _PIPE_SIZE = 1 << 20  # a larger pipe: fewer wake-ups per MB (Linux; best effort)
 REPORT = 1 << 20  # a fetching stream reports its bytes at least this often (progress)
+_STOP_WAIT = 5.0  # seconds the fetch threads get to finish when the worker stops
 
 
 @dataclass(slots=True)
@@ -147,6 +150,7 @@ class _Server:
         self.streams: dict[int, _Stream] = {}
         self.pool = Pool()
         self._out_lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
 
     def reply(self, sid: int, msg: tuple[Any, ...]) -> None:
         body = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
@@ -167,8 +171,33 @@ class _Server:
             return self.drop(sid)
 
     def end_all(self) -> None:
+        """Abort every stream, then let the fetch threads finish (an aborted stream's thread
+        sends nothing more and returns once its socket is shut)."""
         for sid, st in list(self.streams.items()):
             self.abort(sid, st)
+        deadline = time.monotonic() + _STOP_WAIT
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+
+    def start_fetch(self, sid: int, st: _Stream, req: Request) -> None:
+        self._threads = [t for t in self._threads if t.is_alive()]
+        t = threading.Thread(target=self.fetch, args=(sid, st, req), daemon=True)
+        self._threads.append(t)
+        t.start()
+
+    def leave(self, code: int) -> NoReturn:
+        """Exit without the interpreter's shutdown: it flushes stdout, and aborts the process
+        ("could not acquire lock ... at interpreter shutdown") when a daemon thread is inside
+        a write. What this worker wrote is flushed here, under the replies' lock."""
+        got = self._out_lock.acquire(timeout=_STOP_WAIT)
+        for f in (self.out, sys.stderr):
+            try:
+                f.flush()
+            except (OSError, ValueError):
+                pass
+        if got:
+            self._out_lock.release()
+        os._exit(code)
 
     # -- the parent feeds the bytes ---------------------------------------------------------
     def data(self, sid: int, st: _Stream, payload: bytes) -> None:
@@ -285,8 +314,7 @@ class _Server:
             return
 
 
-def _serve(inp: BinaryIO, out: BinaryIO) -> None:
-    server = _Server(out)
+def _serve(inp: BinaryIO, server: _Server) -> None:
     try:
         while True:
             head = inp.read(TO_WORKER.size)
@@ -307,8 +335,7 @@ def _serve(inp: BinaryIO, out: BinaryIO) -> None:
             elif kind == END:
                 server.end(sid, st)
             elif kind == FETCH:
-                req = Request(*pickle.loads(payload))
-                threading.Thread(target=server.fetch, args=(sid, st, req), daemon=True).start()
+                server.start_fetch(sid, st, Request(*pickle.loads(payload)))
             elif kind == ABORT:
                 server.reply(sid, ("aborted", server.abort(sid, st)))
     finally:
@@ -328,13 +355,16 @@ def main() -> None:
     # Ctrl-C reaches the whole process group: the parent stops this worker (it aborts its
     # streams, then closes the input), so the worker waits for that instead of dying mid-reply
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    server = _Server(out)
+    code = 0
     try:
-        _serve(inp, out)
+        _serve(inp, server)
     except BrokenPipeError:
         pass  # the parent is gone: what was not handed over is removed already
     except Exception as exc:  # noqa: BLE001 - one line, never a traceback; the parent retries
         print(f"tcia-mirror: ZIP worker: {type(exc).__name__}: {exc}", file=sys.stderr)
-        sys.exit(1)
+        code = 1
+    server.leave(code)
 
 
 if __name__ == "__main__":
