@@ -160,7 +160,15 @@ def _kill_the_parent_mid_fetch(tmp_path: Path, url: str) -> None:
         env={"PYTHONPATH": str(src), "PATH": "/usr/bin:/bin"},
     )  # fmt: skip
     assert proc.stdin is not None and proc.stdout is not None
-    args = (str(tmp_path), str(tmp_path), True, "1@host", "0123abcd", (2**30, 200.0, 100_000))
+    args = (
+        str(tmp_path),
+        str(tmp_path),
+        True,
+        "1@host",
+        "0123abcd",
+        (2**30, 200.0, 100_000),
+        False,
+    )
     opened = pickle.dumps(args)
     req = pickle.dumps(dataclasses.astuple(Request(url, {}, 5.0, 60.0)))
     proc.stdin.write(TO_WORKER.pack(OPEN, 1, len(opened)) + opened)
@@ -321,7 +329,15 @@ def test_a_fetch_that_fails_unexpectedly_still_answers_the_parent(tmp_path: Path
         env={"PYTHONPATH": str(src), "PATH": "/usr/bin:/bin"},
     )  # fmt: skip
     assert proc.stdin is not None and proc.stdout is not None
-    args = (str(tmp_path), str(tmp_path), True, "1@host", "0123abcd", (2**30, 200.0, 100_000))
+    args = (
+        str(tmp_path),
+        str(tmp_path),
+        True,
+        "1@host",
+        "0123abcd",
+        (2**30, 200.0, 100_000),
+        False,
+    )
     opened = pickle.dumps(args)
     url = "http://127.0.0.1:99999/getImage?api_key=s3cret"
     req = pickle.dumps(dataclasses.astuple(Request(url, {}, 5.0, 5.0)))

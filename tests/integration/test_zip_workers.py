@@ -159,7 +159,7 @@ def test_a_worker_whose_parent_is_gone_removes_what_it_had_not_handed_over(
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
     )  # fmt: skip
     assert proc.stdin is not None and proc.stdout is not None
-    args = (str(tmp_path), str(tmp_path), True, "1@host", "0123abcd", (2**30, 200.0, 1000))
+    args = (str(tmp_path), str(tmp_path), True, "1@host", "0123abcd", (2**30, 200.0, 1000), False)
     opened = pickle.dumps(args)
     proc.stdin.write(TO_WORKER.pack(OPEN, 1, len(opened)) + opened)
     piece = body[: len(body) * 2 // 3]  # inside the entry

@@ -247,6 +247,83 @@ def test_deflated_data_corruption_detected() -> None:
         assert [ok for _, _, ok in got.complete][2] is False
 
 
+# --- skip_crc: entries whose MD5 the caller checks ----------------------------------------------
+
+
+def ends_of(blob: bytes, sizes: list[int], **kw: object) -> list[EntryEnd]:
+    reader = ZipStreamReader(**kw)  # type: ignore[arg-type]
+    out: list[EntryEnd] = []
+    for chunk in chunked(blob, sizes):
+        out += [e for e in reader.feed(chunk) if isinstance(e, EntryEnd)]
+    reader.close()
+    return out
+
+
+def _dicom(name: str) -> bool:
+    return name.endswith(".dcm")
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    entries=st.lists(st.tuples(names, datas), max_size=5, unique_by=lambda e: e[0]),
+    variant=st.sampled_from(sorted(VARIANTS)),
+    sizes=st.lists(st.integers(1, 5000), min_size=1, max_size=8),
+)
+def test_skipping_crc_gives_the_same_entries_and_states_their_crc(
+    entries: list[tuple[str, bytes]], variant: str, sizes: list[int]
+) -> None:
+    entries = [(f"{n}.dcm" if i % 2 else n, d) for i, (n, d) in enumerate(entries)]
+    blob = make_zip(entries, **VARIANTS[variant])  # type: ignore[arg-type]
+    got = read_all(blob, sizes, skip_crc=_dicom)
+    assert [(n, d, True) for n, d in entries] == got.complete
+    unsized = variant == "stored-descriptor" or variant == "stored-descriptor-zip64"
+    for (name, data), end in zip(entries, ends_of(blob, sizes, skip_crc=_dicom), strict=True):
+        if _dicom(name) and not unsized:  # not computed: the archive's, for a later check
+            assert end.crc_stated == zlib.crc32(data)
+        else:  # computed (an unsized stored entry is framed by its CRC)
+            assert end.crc_stated is None
+
+
+@pytest.mark.parametrize("variant", ["stored", "deflated", "deflated-descriptor"])
+def test_skipping_crc_passes_damage_on_with_the_stated_crc(variant: str) -> None:
+    """An entry spared its CRC is not refused for damage the CRC would see: the caller checks
+    its MD5, or the CRC the archive stated (carried in EntryEnd) against what it wrote."""
+    data = random.Random(3).randbytes(3000)
+    blob = bytearray(make_zip([("a.dcm", data), ("LICENSE", b"L" * 40)], **VARIANTS[variant]))
+    if variant == "stored":
+        blob[blob.index(data) + 100] ^= 0x01
+    else:  # same length, another payload: the stated CRC is the original's
+        start = blob.index(b"a.dcm") + len("a.dcm")
+        comp = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -15)
+        good = comp.compress(data) + comp.flush()
+        assert bytes(blob[start : start + len(good)]) == good
+        bad = data[:100] + bytes([data[100] ^ 1]) + data[101:]
+        comp = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -15)
+        other = comp.compress(bad) + comp.flush()
+        assert len(other) == len(good)  # (random bytes: deflate stores them, one flip in place)
+        blob[start : start + len(good)] = other
+    checked = ends_of(bytes(blob), [700])
+    assert [e.crc_ok for e in checked] == [False, True]
+    spared = ends_of(bytes(blob), [700], skip_crc=_dicom)
+    assert [(e.crc_ok, e.crc_stated) for e in spared] == [(True, zlib.crc32(data)), (True, None)]
+
+
+def test_skipping_crc_still_checks_sizes() -> None:
+    entry = bytearray(raw_entry(b"a.dcm", b"payload" * 100))
+    entry[-4] ^= 0x01  # the descriptor's uncompressed size
+    with pytest.raises(DataError, match="data descriptor does not match"):
+        ends_of(bytes(entry) + raw_entry(b"b.dcm", b"ok") + END, [50], skip_crc=_dicom)
+
+
+def test_a_descriptor_crc_disagreeing_with_the_header_fails_even_unchecked() -> None:
+    """Bit 3 with the CRC also in the header: the two statements must agree."""
+    entry = bytearray(raw_entry(b"a.dcm", b"payload" * 100))
+    struct.pack_into("<I", entry, 14, zlib.crc32(b"payload" * 100) ^ 1)  # the header's CRC
+    struct.pack_into("<I", entry, 22, 700)  # its uncompressed size, so it is trusted
+    ends = ends_of(bytes(entry) + END, [64], skip_crc=_dicom)
+    assert [e.crc_ok for e in ends] == [False]
+
+
 # --- truncation ---------------------------------------------------------------------------------
 
 

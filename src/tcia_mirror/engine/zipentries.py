@@ -19,17 +19,39 @@ from tcia_mirror.sources.nbia.zipstream import (
     safe_entry_name,
 )
 
-__all__ = ["HEAD", "Fed", "ZipEntry", "ZipState"]
+__all__ = ["HEAD", "Fed", "ZipEntry", "ZipState", "entry_kind", "is_dicom_entry"]
 
 _SMALL_CAP = 16 * 2**20  # LICENSE / md5hashes.csv are small; refuse more
 _BUFFER_MAX = 1 << 20  # a DICOM entry up to this size is kept in memory, written in one go
 HEAD = 16 * 1024  # bytes of each file kept for the fast header check
 
 
+def entry_kind(name: str) -> str:
+    """What an entry of a series ZIP holds, by its name: ``license``, ``md5`` (the archive's
+    MD5 list), ``dicom``, or ``rejected`` (a name that is unsafe to report or use)."""
+    base = safe_entry_name(name)
+    if base is None:
+        return "rejected"
+    if base.upper() == "LICENSE":
+        return "license"
+    if base.lower() == "md5hashes.csv":
+        return "md5"
+    return "dicom"
+
+
+def is_dicom_entry(name: str) -> bool:
+    """The ``skip_crc`` of a ZIP whose MD5 list the caller checks: DICOM entries are checked
+    against it (or, when it leaves one out, against their stated CRC-32 on disk); LICENSE and
+    the list itself keep their CRC-32."""
+    return entry_kind(name) == "dicom"
+
+
 class ZipEntry:
     """One DICOM entry of a ZIP being received: in memory while small, else streamed to disk."""
 
-    __slots__ = ("name", "temp_dest", "chunks", "buffered", "writer", "digest", "head", "size")
+    __slots__ = (
+        "name", "temp_dest", "chunks", "buffered", "writer", "digest", "head", "size", "crc_stated",
+    )  # fmt: skip
 
     def __init__(self, name: str, temp_dest: Path) -> None:
         self.name = name
@@ -41,6 +63,8 @@ class ZipEntry:
         self.digest = hashlib.md5(usedforsecurity=False)
         self.head = bytearray()
         self.size = 0
+        # the CRC-32 the archive stated, when it was not checked as the entry came (its MD5 is)
+        self.crc_stated: int | None = None
 
     def add(
         self,
@@ -142,17 +166,11 @@ class ZipState:
 
     def _start(self, ev: EntryStart) -> None:
         self.name = ev.name
-        base = safe_entry_name(ev.name)
         self.small.clear()
-        if base is None:
-            self.kind = "rejected"
+        self.kind = entry_kind(ev.name)
+        if self.kind == "rejected":
             self.rejected.append(ev.name)
-        elif base.upper() == "LICENSE":
-            self.kind = "license"
-        elif base.lower() == "md5hashes.csv":
-            self.kind = "md5"
-        else:
-            self.kind = "dicom"
+        elif self.kind == "dicom":
             self.entry = ZipEntry(ev.name, self.series_dir / f"entry-{ev.index:08d}.dcm")
 
     def _end(self, ev: EntryEnd, out: Fed) -> None:
@@ -160,6 +178,7 @@ class ZipState:
             assert self.entry is not None
             e, self.entry = self.entry, None
             if ev.crc_ok:
+                e.crc_stated = ev.crc_stated
                 self.complete.append(e)
             else:
                 e.discard()

@@ -210,12 +210,13 @@ class RemoteZip:
     def _take(self, msg: tuple[Any, ...]) -> Fed:
         _, received, finished, rejected, crc_bad, license_, md5_list, _err = msg
         self.received = received
-        for name, temp, size, md5, head in finished:
+        for name, temp, size, md5, head, crc_stated in finished:
             self._leftovers.handed.add(os.path.basename(temp))
             path = Path(temp)  # once: a Path's parse costs more than the rest of this loop
             e = ZipEntry(name, path)
             e.writer = AtomicWriter.written(path, path, fsync=self._fsync, mirror_dir=self._root)
             e.size, e.head, e.digest = size, head, _Md5(md5)  # type: ignore[assignment]
+            e.crc_stated = crc_stated
             self.complete.append(e)
         self.rejected += rejected
         self._settled += sum(e[2] for e in finished) + sum(size for _n, size in crc_bad)
@@ -353,14 +354,24 @@ class ZipWorkers:
         assert self._tg is not None
         return await self._tg.__aexit__(exc_type, exc, tb)
 
-    async def stream(self, series_dir: Path) -> RemoteZip:
+    async def stream(self, series_dir: Path, *, md5_stated: bool = False) -> RemoteZip:
+        """A stream of a series ZIP in the least busy worker. ``md5_stated``: the archive
+        states each image's MD5 (the caller checks it), so the worker spares their CRC-32."""
         w = await self._pick()
         sid = next(self._ids)
         send, receive = anyio.create_memory_object_stream[tuple[Any, ...]](math.inf)
         w.streams[sid] = send
         limits = dataclasses.astuple(self._limits)
         token = secrets.token_hex(4)  # in the name of every temp file of this stream
-        args = (str(series_dir), str(self._root), self._fsync, self._owner, token, limits)
+        args = (
+            str(series_dir),
+            str(self._root),
+            self._fsync,
+            self._owner,
+            token,
+            limits,
+            md5_stated,
+        )
         await w.send(OPEN, sid, pickle.dumps(args))
         leftovers = _Leftovers(series_dir, f".{self._owner}.{token}.part")
         return RemoteZip(w, sid, receive, self._fsync, self._root, leftovers)

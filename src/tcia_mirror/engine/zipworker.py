@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, NoReturn
 
 from tcia_mirror.engine.workerhttp import CHUNK, ERROR_BODY, Answer, Pool, shut
-from tcia_mirror.engine.zipentries import Fed, ZipState
+from tcia_mirror.engine.zipentries import Fed, ZipState, is_dicom_entry
 from tcia_mirror.engine.zipwire import (
     ABORT,
     DATA,
@@ -71,21 +71,22 @@ class _Stream:
 
 
 def _open(args: tuple[Any, ...]) -> _Stream:
-    series_dir, root, fsync, owner, token, limits = args
+    series_dir, root, fsync, owner, token, limits, md5_stated = args
     mirror = Path(root)
 
     def make_writer(dest: Path) -> AtomicWriter:
         # the parent fsyncs each file in its thread pool (many at once), not this process
         return AtomicWriter(dest, fsync=False, mirror_dir=mirror, owner=owner, token=token)
 
-    reader = ZipStreamReader(ZipLimits(*limits))
+    # where the archive states each image's MD5, the parent checks it: no CRC-32 for them
+    reader = ZipStreamReader(ZipLimits(*limits), skip_crc=is_dicom_entry if md5_stated else None)
     # every entry is written as it comes: no entry is held in this process's memory
     return _Stream(ZipState(reader, Path(series_dir), make_writer, buffer_max=0), fsync)
 
 
-def _hand_over(st: _Stream) -> list[tuple[str, str, int, str, bytes]]:
+def _hand_over(st: _Stream) -> list[tuple[str, str, int, str, bytes, int | None]]:
     """Write out, sync and release every complete entry; the parent owns their temp files."""
-    out: list[tuple[str, str, int, str, bytes]] = []
+    out: list[tuple[str, str, int, str, bytes, int | None]] = []
     zs = st.zs
     while zs.complete:
         e = zs.complete[0]
@@ -94,7 +95,7 @@ def _hand_over(st: _Stream) -> list[tuple[str, str, int, str, bytes]]:
             e.flush_chunks()
         temp = e.writer.release()
         zs.complete.pop(0)
-        out.append((e.name, str(temp), e.size, e.digest.hexdigest(), bytes(e.head)))
+        out.append((e.name, str(temp), e.size, e.digest.hexdigest(), bytes(e.head), e.crc_stated))
     return out
 
 

@@ -13,7 +13,10 @@ than one chunk (plus a header) in memory::
     reader.close()  # DataError if the stream stopped before the central directory
 
 Each :class:`EntryEnd` says whether the CRC-32 (and size) matched, so a caller can keep every
-entry that was complete when a stream broke off. Parsing stops at the central directory; the
+entry that was complete when a stream broke off. A caller that checks a stronger digest of some
+entries anyway (the MD5 the archive states for each image) can spare their CRC-32: entries it
+names with ``skip_crc`` are not CRC-checked where their framing does not need it, and their
+:class:`EntryEnd` carries the CRC the archive stated, for the caller to check should no MD5 come. Parsing stops at the central directory; the
 local headers already described every entry.
 
 Memory: the reader keeps at most one header or data-descriptor fragment between calls; inflate
@@ -30,6 +33,7 @@ from __future__ import annotations
 import re
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeAlias
 
@@ -71,6 +75,9 @@ class EntryData:
 class EntryEnd:
     crc_ok: bool  # False when the CRC-32 or the size disagrees with the header / data descriptor
     size: int  # uncompressed bytes delivered for this entry
+    # the CRC-32 the archive stated, when this entry's was not computed (``skip_crc``): crc_ok
+    # then speaks for its sizes only. None: the CRC-32 was checked.
+    crc_stated: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,10 +119,21 @@ _S_START, _S_HEADER, _S_DATA, _S_DESCRIPTOR, _S_DONE, _S_FAILED = range(6)
 
 
 class ZipStreamReader:
-    """Push parser: :meth:`feed` chunks, get events back, :meth:`close` at end of input."""
+    """Push parser: :meth:`feed` chunks, get events back, :meth:`close` at end of input.
 
-    def __init__(self, limits: ZipLimits = DEFAULT_LIMITS) -> None:
+    ``skip_crc(name)``: True for an entry whose CRC-32 the caller does not need (it checks the
+    entry's MD5): its CRC is not computed unless its framing needs it (a stored entry of unknown
+    size ends where a descriptor's CRC matches)."""
+
+    def __init__(
+        self,
+        limits: ZipLimits = DEFAULT_LIMITS,
+        *,
+        skip_crc: Callable[[str], bool] | None = None,
+    ) -> None:
         self.limits = limits
+        self._skip_crc = skip_crc
+        self._crc_on = True  # the current entry's CRC-32 is computed
         self._state = _S_START
         self._buf: bytes = b""  # unparsed input: only ever a header/descriptor fragment between
         self._received = 0  # calls; entry data is consumed as it arrives
@@ -298,6 +316,7 @@ class ZipStreamReader:
         self._zip64 = zip64
         self._hdr_crc, self._hdr_csize, self._hdr_usize = crc, csize, usize
         self._crc = self._csize = self._usize = 0
+        unsized = False
         if method == _STORED:
             # stored + descriptor without sizes (Python's zipfile on a stream): scan for the end
             unsized = descriptor and csize == 0 and usize == 0 and crc == 0
@@ -305,6 +324,8 @@ class ZipStreamReader:
         else:
             self._remaining = csize if not descriptor else -1  # -1: until the deflate stream ends
             self._inflater = zlib.decompressobj(-15)
+        # an unsized stored entry's end is found by its CRC: computed whatever the caller said
+        self._crc_on = unsized or self._skip_crc is None or not self._skip_crc(name)
         events.append(EntryStart(name, index))
         self._state = _S_DATA
         pos += total
@@ -355,7 +376,8 @@ class ZipStreamReader:
         take = min(self._remaining, len(buf) - pos)
         # the whole chunk belongs to the entry: no copy
         chunk = buf if pos == 0 and take == len(buf) else buf[pos : pos + take]
-        self._crc = zlib.crc32(chunk, self._crc)
+        if self._crc_on:
+            self._crc = zlib.crc32(chunk, self._crc)
         self._usize += take
         self._csize += take
         self._remaining -= take
@@ -370,6 +392,7 @@ class ZipStreamReader:
         limits = self.limits
         end = len(buf) if self._remaining < 0 else min(len(buf), pos + self._remaining)
         view = memoryview(buf)
+        crc_on = self._crc_on
         crc = self._crc
         usize = self._usize
         csize = self._csize
@@ -396,7 +419,8 @@ class ZipStreamReader:
                             f"{limits.max_ratio:g} times ({csize} -> {usize}+ bytes); "
                             "refusing it (decompression bomb?)"
                         )
-                    crc = zlib.crc32(out, crc)
+                    if crc_on:
+                        crc = zlib.crc32(out, crc)
                     events.append(EntryData(out))
                 if inflater.eof:
                     break
@@ -427,14 +451,14 @@ class ZipStreamReader:
             self._state = _S_DESCRIPTOR
             return
         ok = (
-            self._crc == self._hdr_crc
+            (not self._crc_on or self._crc == self._hdr_crc)
             and self._usize == self._hdr_usize
             and self._csize == self._hdr_csize
         )
-        self._finish_entry(ok, events)
+        self._finish_entry(ok, events, None if self._crc_on else self._hdr_crc)
 
-    def _finish_entry(self, ok: bool, events: list[ZipEvent]) -> None:
-        events.append(EntryEnd(ok, self._usize))
+    def _finish_entry(self, ok: bool, events: list[ZipEvent], stated: int | None = None) -> None:
+        events.append(EntryEnd(ok, self._usize, stated))
         self.entries_done += 1
         self._state = _S_HEADER
 
@@ -445,7 +469,8 @@ class ZipStreamReader:
         8-byte sizes past 4 GiB even without a ZIP64 extra field). Since we know the actual CRC
         and sizes, each layout is an exact byte pattern; the first one that matches wins unless
         a longer one still could (only possible for empty entries), then the bytes after it must
-        be the next record's signature.
+        be the next record's signature. An entry whose CRC was not computed matches on its
+        sizes alone (the deflate stream's own end framed it).
         """
         avail = buf[pos : pos + _DD_MAX + 4]
         n = len(avail)
@@ -453,8 +478,10 @@ class ZipStreamReader:
         wide = (struct.pack("<QQ", csize, usize), 8)
         narrow = (struct.pack("<II", csize, usize), 4) if csize <= _U32 and usize <= _U32 else None
         layouts = [wide, narrow] if self._zip64 else [narrow, wide]
-        for check_crc in (True, False):
-            matched: list[int] = []
+        # without the CRC computed, a size match is the whole check (crc_ok speaks for sizes)
+        for check_crc in (True, False) if self._crc_on else (False,):
+            ok = check_crc or not self._crc_on
+            matched: list[tuple[int, int]] = []  # (length, signature length)
             pending = False
             for sizes in layouts:
                 if sizes is None:
@@ -464,21 +491,21 @@ class ZipStreamReader:
                     length = len(sig) + 4 + len(sizes[0])
                     state = _match(avail, sig, pattern_crc, sizes[0])
                     if state == "match":
-                        matched.append(length)
+                        matched.append((length, len(sig)))
                     elif state == "prefix":
                         pending = True
             if len(matched) == 1 and not pending:
-                return self._descriptor_done(pos + matched[0], check_crc, events)
+                return self._descriptor_done(pos, *matched[0], ok, avail, events)
             if matched or pending:
                 # ambiguous: prefer a layout followed by a known signature
-                for length in matched:
+                for length, sig_len in matched:
                     follow = avail[length : length + 4]
                     if follow in _NEXT_SIGS:
-                        return self._descriptor_done(pos + length, check_crc, events)
+                        return self._descriptor_done(pos, length, sig_len, ok, avail, events)
                 if n < _DD_MAX + 4:
                     return -1
                 if matched:
-                    return self._descriptor_done(pos + matched[0], check_crc, events)
+                    return self._descriptor_done(pos, *matched[0], ok, avail, events)
         if n < _DD_MAX:
             return -1
         raise DataError(
@@ -486,12 +513,24 @@ class ZipStreamReader:
             f"{self._csize} compressed / {self._usize} uncompressed bytes received"
         )
 
-    def _descriptor_done(self, end: int, crc_ok: bool, events: list[ZipEvent]) -> int:
+    def _descriptor_done(
+        self,
+        pos: int,
+        length: int,
+        sig_len: int,
+        crc_ok: bool,
+        avail: bytes,
+        events: list[ZipEvent],
+    ) -> int:
+        stated = None
+        if not self._crc_on:  # the CRC the descriptor states, for the caller to check later
+            (stated,) = struct.unpack_from("<I", avail, sig_len)
+        crc = self._crc if stated is None else stated
         if not (self._hdr_csize == 0 and self._hdr_usize == 0 and self._hdr_crc == 0):
             # bit 3 with sizes filled in the header: they must agree too
-            crc_ok = crc_ok and (self._hdr_crc in (0, self._crc)) and self._usize == self._hdr_usize
-        self._finish_entry(crc_ok, events)
-        return end
+            crc_ok = crc_ok and (self._hdr_crc in (0, crc)) and self._usize == self._hdr_usize
+        self._finish_entry(crc_ok, events, stated)
+        return pos + length
 
     # --- helpers ------------------------------------------------------------------------------
 
