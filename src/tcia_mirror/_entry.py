@@ -8,6 +8,7 @@ is in place before any of that starts. It must stay that way: standard library o
 
 from __future__ import annotations
 
+import gc
 import signal
 import sys
 
@@ -81,6 +82,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             from tcia_mirror.cli.main import run  # noqa: PLC0415 - the point: inside the guard
 
             _import_what_the_command_needs(sys.argv[1:] if argv is None else list(argv))
+            # what the imports made lives as long as the process: the collector's full passes
+            # need not walk it again (measured: a download's main process spent ~5 % in them)
+            gc.freeze()
         finally:
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
