@@ -198,6 +198,7 @@ def s2_loopback(ctx: Ctx) -> dict[str, Any]:
                 mirror_tool(ctx),
                 *peers(ctx, listing, tcia_utils_workers=(10, CONCURRENCY)),
                 naive_tool(ctx),
+                naive_tool(ctx, mode="zip-md5"),  # the same check of each file as tcia-mirror's
             ]
             if label == "stored":  # the transfer floor and the simplest clients only
                 every = [t for t in every if t is not None and _in_stored_variant(t)]

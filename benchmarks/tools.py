@@ -97,7 +97,11 @@ def nbiatoolkit_tool(ctx: Ctx, processes: int = CONCURRENCY) -> Tool:
 
 def naive_tool(ctx: Ctx, mode: str = "zip", repeats: int | None = None) -> Tool:
     runner = str(CLIENTS / "naive_runner.py")
-    what = "getImage + unzip" if mode == "zip" else "getSingleImage"
+    what = {
+        "zip": "getImage + unzip",
+        "zip-md5": "getImage + unzip + MD5 check",
+        "single": "getSingleImage",
+    }[mode]
     return Tool(
         f"naive loop ({what}, 1 conn)",
         "naive",

@@ -1,6 +1,8 @@
 """The baseline users write by hand: one request at a time with aiohttp (tcia-mirror's library).
 
 naive_runner.py zip ROOT SERIES_FILE OUT      getImage per series, whole ZIP in memory, unzip
+naive_runner.py zip-md5 ROOT SERIES_FILE OUT  the same with getImage?IncludeMD5=Yes: each file's
+                                              MD5 checked against md5hashes.csv before it is written
 naive_runner.py single ROOT SERIES_FILE OUT   getSOPInstanceUIDs, then getSingleImage per file
 naive_runner.py plan ROOT COLLECTION LIMIT    getSeries, then getSeriesSize + getSOPInstanceUIDs
                                               for the first LIMIT series (0: all), in turn
@@ -9,6 +11,7 @@ naive_runner.py plan ROOT COLLECTION LIMIT    getSeries, then getSeriesSize + ge
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import json
 import os
@@ -24,19 +27,42 @@ def _base(root: str) -> str:
     return f"{root}/nbia-api/services/v4/"
 
 
-async def _zip(root: str, uids: list[str], out: str) -> int:
+async def _zip(root: str, uids: list[str], out: str, md5: bool = False) -> int:
     failed = 0
     async with aiohttp.ClientSession() as session:
         for uid in uids:
-            async with session.get(
-                _base(root) + "getImage", params={"SeriesInstanceUID": uid}
-            ) as r:
+            params = {"SeriesInstanceUID": uid, **({"IncludeMD5": "Yes"} if md5 else {})}
+            async with session.get(_base(root) + "getImage", params=params) as r:
                 if r.status != 200:
                     failed += 1
                     continue
                 data = await r.read()
             with zipfile.ZipFile(io.BytesIO(data)) as zf:
-                zf.extractall(os.path.join(out, uid))
+                if md5:
+                    failed += _extract_checked(zf, os.path.join(out, uid))
+                else:
+                    zf.extractall(os.path.join(out, uid))
+    return failed
+
+
+def _extract_checked(zf: zipfile.ZipFile, folder: str) -> int:
+    """Each file whose MD5 matches md5hashes.csv (zipfile checks the CRC-32 as it reads)."""
+    listed = {}
+    for line in zf.read("md5hashes.csv").decode().splitlines()[1:]:
+        name, _, digest = line.partition(",")
+        listed[name] = digest.strip().lower()
+    os.makedirs(folder, exist_ok=True)
+    failed = 0
+    for info in zf.infolist():
+        if info.filename == "md5hashes.csv" or info.is_dir():
+            continue
+        body = zf.read(info)
+        want = listed.get(info.filename)
+        if want is not None and hashlib.md5(body, usedforsecurity=False).hexdigest() != want:
+            failed += 1
+            continue
+        with open(os.path.join(folder, os.path.basename(info.filename)), "wb") as fh:
+            fh.write(body)
     return failed
 
 
@@ -101,7 +127,10 @@ def main(argv: list[str]) -> None:
         return
     root, uids, out = argv[1], read_uids(argv[2]), argv[3]
     with Measured() as m:
-        failed = asyncio.run(_zip(root, uids, out) if cmd == "zip" else _single(root, uids, out))
+        if cmd in ("zip", "zip-md5"):
+            failed = asyncio.run(_zip(root, uids, out, md5=cmd == "zip-md5"))
+        else:
+            failed = asyncio.run(_single(root, uids, out))
     emit(exit=1 if failed else 0, failed=failed, **m.result())
 
 
