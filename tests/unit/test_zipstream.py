@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tcia_mirror.errors import DataError
+from tcia_mirror.sources.nbia import zipstream
 from tcia_mirror.sources.nbia.zipstream import (
     ArchiveEnd,
     EntryData,
@@ -245,6 +246,42 @@ def test_deflated_data_corruption_detected() -> None:
         assert "entry 2" in str(exc)
     else:
         assert [ok for _, _, ok in got.complete][2] is False
+
+
+# --- the inflater: ISA-L where installed, else zlib ----------------------------------------------
+
+
+@pytest.fixture(params=["installed", "zlib"])
+def inflater(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both inflaters the reader may run with: the one installed (ISA-L on the usual
+    platforms) and the standard zlib it falls back to."""
+    if request.param == "zlib":
+        monkeypatch.setattr(zipstream, "_inflate_module", zlib)
+        monkeypatch.setattr(zipstream, "crc32", zlib.crc32)
+    return str(request.param)
+
+
+def test_isal_is_the_inflater_where_its_wheels_exist() -> None:
+    """The dependency is declared for these machines: a silent fallback would cost speed."""
+    import platform
+
+    if platform.machine() in ("x86_64", "AMD64", "aarch64", "arm64"):
+        assert zipstream._inflate_module.__name__ == "isal.isal_zlib"
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_either_inflater_reads_every_variant_and_sees_damage(inflater: str, variant: str) -> None:
+    blob = make_zip(ENTRIES, **VARIANTS[variant])  # type: ignore[arg-type]
+    got = read_all(blob, [777])
+    assert [(n, d, True) for n, d in ENTRIES] == got.complete
+    bad = bytearray(blob)
+    bad[bad.index(ENTRIES[2][1][:8]) if "stored" in variant else entry_ends(blob)[1] + 60] ^= 0x55
+    try:
+        damaged = read_all(bytes(bad), [777])
+    except DataError as exc:
+        assert "entry 2" in str(exc)
+    else:
+        assert [ok for _, _, ok in damaged.complete][2] is False
 
 
 # --- skip_crc: entries whose MD5 the caller checks ----------------------------------------------

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import threading
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -30,10 +29,7 @@ from tcia_mirror.progress import Progress
 from tcia_mirror.records import Problem, ProblemKind
 from tcia_mirror.sources.base import FetchUnit, SeriesView, Source
 from tcia_mirror.sources.nbia.formats import parse_md5_csv
-from tcia_mirror.sources.nbia.zipstream import (
-    ZipLimits,
-    ZipStreamReader,
-)
+from tcia_mirror.sources.nbia.zipstream import ZipLimits, ZipStreamReader, crc32
 from tcia_mirror.store.base import Store
 
 _PIPELINE = 8  # entries of one ZIP being finalised in worker threads at once
@@ -94,7 +90,7 @@ def _crc_failures(files: list[_Committed]) -> list[str]:
         try:
             with open(c.writer.temp_path, "rb") as f:
                 while block := f.read(1 << 20):
-                    crc = zlib.crc32(block, crc)
+                    crc = crc32(block, crc)
         except OSError:
             crc = -1
         if crc != c.crc_stated:
