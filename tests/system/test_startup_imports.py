@@ -65,6 +65,25 @@ def test_the_main_process_does_not_load_the_zip_workers_http_stack() -> None:
     assert "tcia_mirror.engine.zipworker" not in out
 
 
+def test_the_inflater_is_loaded_where_a_zip_is_inflated() -> None:
+    """ISA-L (about 1 MB a process) is imported at the first inflate: the main process of a
+    run whose ZIPs go to workers never loads it; the process that inflates does."""
+    code = (
+        "import sys, zipfile, io, tcia_mirror.engine.run, tcia_mirror.engine.pipeline;"
+        "from tcia_mirror.sources.nbia.zipstream import ZipStreamReader;"
+        "print('before', 'isal' in sys.modules);"
+        "b = io.BytesIO(); z = zipfile.ZipFile(b, 'w', zipfile.ZIP_DEFLATED);"
+        "z.writestr('a.dcm', b'x' * 1000); z.close();"
+        "ZipStreamReader().feed(b.getvalue());"
+        "print('after', 'isal' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    assert "before False" in out
+    assert "after True" in out
+
+
 def test_a_download_without_progress_bars_does_not_import_tqdm(tmp_path: Path) -> None:
     """--no-progress (and cron, where stderr is no terminal) never draws a bar: tqdm stays
     unimported (about 20 ms and 1.5 MB of a run)."""

@@ -256,8 +256,7 @@ def inflater(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) ->
     """Both inflaters the reader may run with: the one installed (ISA-L on the usual
     platforms) and the standard zlib it falls back to."""
     if request.param == "zlib":
-        monkeypatch.setattr(zipstream, "_inflate_module", zlib)
-        monkeypatch.setattr(zipstream, "crc32", zlib.crc32)
+        monkeypatch.setattr(zipstream, "_lib", zlib)
     return str(request.param)
 
 
@@ -266,7 +265,7 @@ def test_isal_is_the_inflater_where_its_wheels_exist() -> None:
     import platform
 
     if platform.machine() in ("x86_64", "AMD64", "aarch64", "arm64"):
-        assert zipstream._inflate_module.__name__ == "isal.isal_zlib"
+        assert zipstream._zlib().__name__ == "isal.isal_zlib"
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

@@ -40,14 +40,28 @@ from typing import Protocol, TypeAlias
 
 from tcia_mirror.errors import DataError
 
-_fast: ModuleType | None
-try:  # ISA-L (python-isal): zlib's API and results; inflates about twice as fast, CRC-32 faster
-    from isal import isal_zlib as _fast
-except ImportError:  # pragma: no cover - a platform without its wheels: the standard zlib
-    _fast = None
-_inflate_module: ModuleType = _fast or zlib  # decompressobj(-15): raw deflate
-crc32: Callable[[bytes, int], int] = (_fast or zlib).crc32
-_ERRORS: tuple[type[Exception], ...] = (DataError, zlib.error) + ((_fast.error,) if _fast else ())
+_lib: ModuleType | None = None
+
+
+def _zlib() -> ModuleType:
+    """ISA-L's zlib (python-isal: zlib's API and results; inflate about twice as fast, CRC-32
+    faster) where installed, else zlib. Imported at first use: a process that never inflates
+    (the main process, when ZIP workers do the byte work) does not load it."""
+    global _lib
+    if _lib is None:
+        lib: ModuleType = zlib
+        try:
+            from isal import isal_zlib  # noqa: PLC0415
+
+            lib = isal_zlib
+        except ImportError:  # pragma: no cover - a platform without its wheels
+            pass
+        _lib = lib
+    return _lib
+
+
+def crc32(data: bytes, value: int = 0) -> int:
+    return int(_zlib().crc32(data, value))
 
 
 class _Inflater(Protocol):
@@ -199,7 +213,9 @@ class ZipStreamReader:
         events: list[ZipEvent] = []
         try:
             pos = self._parse(buf, 0, events)
-        except _ERRORS as exc:
+        except Exception as exc:
+            if not isinstance(exc, (DataError, zlib.error, _zlib().error)):
+                raise
             error = exc if isinstance(exc, DataError) else self._corrupt(exc)
             self._fail(error)
             if events:
@@ -343,7 +359,7 @@ class ZipStreamReader:
             self._remaining = -1 if unsized else csize
         else:
             self._remaining = csize if not descriptor else -1  # -1: until the deflate stream ends
-            self._inflater = _inflate_module.decompressobj(-15)
+            self._inflater = _zlib().decompressobj(-15)
         # an unsized stored entry's end is found by its CRC: computed whatever the caller said
         self._crc_on = unsized or self._skip_crc is None or not self._skip_crc(name)
         events.append(EntryStart(name, index))
