@@ -17,8 +17,11 @@ removes the temp files of entries it had not handed over, and exits.
 ``FETCH`` (a pickled :class:`~tcia_mirror.engine.zipwire.Request`): the worker makes the
 request itself, on a thread of the stream's own, and the ZIP's bytes never pass through the
 parent. It answers ``("status", code, headers, error body)`` or ``("unreachable", why)``
-first; after a 2xx, ``fed`` replies come unasked (when entries completed, and every
-``REPORT`` bytes), then the stream's last reply. A stream answered with an error status stays
+first; after a 2xx, ``fed`` replies come unasked, then the stream's last reply. A ``fed``
+reply goes when ``REPORT_ENTRIES`` entries completed, ``REPORT`` bytes came or ``REPORT_EVERY``
+seconds passed since the last one (and at once for LICENSE, the MD5 list, a CRC failure or an
+unsafe name): each reply costs the parent a wake-up, so they carry several entries on a fast
+link and still keep a slow link's progress moving. A stream answered with an error status stays
 open for the parent's next try.
 """
 
@@ -54,7 +57,9 @@ from tcia_mirror.sources.nbia.zipstream import ZipLimits, ZipStreamReader
 __all__ = ["ABORT", "DATA", "END", "FETCH", "OPEN", "TO_WORKER", "FROM_WORKER", "main"]
 
 _PIPE_SIZE = 1 << 20  # a larger pipe: fewer wake-ups per MB (Linux; best effort)
-REPORT = 1 << 20  # a fetching stream reports its bytes at least this often (progress)
+REPORT = 4 << 20  # a fetching stream reports its bytes at least this often ...
+REPORT_EVERY = 0.25  # ... or this many seconds (progress on a slow link)
+REPORT_ENTRIES = 4  # complete entries handed over at once (measured: 1 cost 6 % more CPU)
 _STOP_WAIT = 5.0  # seconds the fetch threads get to finish when the worker stops
 
 
@@ -63,6 +68,7 @@ class _Stream:
     zs: ZipState
     fsync: bool
     sent_received: int = 0
+    said_at: float = field(default_factory=time.monotonic)  # the last fed reply
     rejected_sent: int = 0
     # a stream that fetches: its thread and the parent's abort meet under this lock
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -112,6 +118,7 @@ def _fed(st: _Stream, fed: Fed | None, error: BaseException | None) -> tuple[Any
     st.rejected_sent = len(zs.rejected)
     fed = fed or Fed()
     st.sent_received = zs.received
+    st.said_at = time.monotonic()
     return ("fed", zs.received, finished, rejected, fed.crc_bad, fed.license, fed.md5_list, err)
 
 
@@ -126,12 +133,16 @@ def _describe(exc: BaseException) -> tuple[str, str]:
 def _worth_saying(st: _Stream, fed: Fed) -> bool:
     zs = st.zs
     return bool(
-        zs.complete
+        len(zs.complete) >= REPORT_ENTRIES
         or fed.crc_bad
         or fed.license is not None
         or fed.md5_list is not None
         or len(zs.rejected) > st.rejected_sent
         or zs.received - st.sent_received >= REPORT
+        or (
+            (zs.complete or zs.received > st.sent_received)
+            and time.monotonic() - st.said_at >= REPORT_EVERY
+        )
     )
 
 
