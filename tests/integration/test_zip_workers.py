@@ -246,14 +246,16 @@ def _spy_groups(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return sizes
 
 
-@pytest.mark.parametrize("procs", [0, 2])
+@pytest.mark.parametrize(("procs", "in_flight"), [(0, 8), (2, 8), (0, 2), (2, 2)])
 async def test_zip_entries_are_finished_several_to_a_thread_hop(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, procs: int
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, procs: int, in_flight: int
 ) -> None:
     """Each task and thread hop cost the event loop's process about 0.3 ms: the entries a
     chunk (or a worker's reply) completed are finished in groups, on the loop and from a
-    worker alike, and every entry is still finished once."""
+    worker alike, and every entry is still finished once. With few entries allowed in flight
+    (2), taking them waits for slots: groups stay within the bound."""
     monkeypatch.setattr(pipeline, "ZIP_WORKER_MIN_MEAN", 0)  # the test's instances are tiny
+    monkeypatch.setattr(pipeline, "_PIPELINE", in_flight)
     sizes = _spy_groups(monkeypatch)
     async with running_sim() as sim:
         coll = sim.dataset.series[0].collection
@@ -265,7 +267,7 @@ async def test_zip_entries_are_finished_several_to_a_thread_hop(
         assert dicom_files(tmp_path) == ground_truth_files(sim, uids)
     assert sum(sizes) == report.files_committed  # each entry finished once
     assert max(sizes) > 1, sizes  # several to a hop
-    assert max(sizes) <= pipeline._GROUP  # noqa: SLF001
+    assert max(sizes) <= min(in_flight, pipeline._GROUP)  # noqa: SLF001
 
 
 async def test_an_entry_that_fails_in_a_group_loses_none_of_the_others(

@@ -477,7 +477,13 @@ class Fetcher:
                 archive_md5 = parse_md5_csv(fed.md5_list)
             group: list[ZipEntry] = []
             while zs.complete:
-                await slots.acquire()
+                try:
+                    slots.acquire_nowait()  # no checkpoint (a trip round the loop) an entry
+                except anyio.WouldBlock:
+                    if group:  # finished meanwhile
+                        tg.start_soon(finish, group)
+                        group = []
+                    await slots.acquire()
                 group.append(zs.complete.pop(0))
                 if len(group) == _GROUP:
                     tg.start_soon(finish, group)
