@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import os
 import pickle
 import select
 import subprocess
@@ -366,14 +367,13 @@ def test_a_fetch_that_fails_unexpectedly_still_answers_the_parent(tmp_path: Path
     assert answer == ("error", "TransferError", "ZIP worker: ValueError while fetching", 0)
 
 
-async def test_a_worker_verifies_the_archives_certificate(tmp_path: Path) -> None:
-    """Over https the worker trusts what the parent's session trusts (the system's CAs): an
-    archive whose certificate nobody signed is refused, as aiohttp refuses it."""
+def _self_signed(tmp_path: Path) -> Any:
+    """A TLS server context for 127.0.0.1 with a certificate nobody signed (``cert.pem`` is
+    left in ``tmp_path``)."""
     import datetime  # noqa: PLC0415
     import ipaddress  # noqa: PLC0415
     import ssl  # noqa: PLC0415
 
-    from aiohttp import web  # noqa: PLC0415
     from cryptography import x509  # noqa: PLC0415
     from cryptography.hazmat.primitives import hashes, serialization  # noqa: PLC0415
     from cryptography.hazmat.primitives.asymmetric import ec  # noqa: PLC0415
@@ -403,6 +403,13 @@ async def test_a_worker_verifies_the_archives_certificate(tmp_path: Path) -> Non
     )
     tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     tls.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    return tls
+
+
+@contextlib.asynccontextmanager
+async def _serving_tls(tls: Any) -> AsyncIterator[int]:
+    """An https server on 127.0.0.1 answering ``/zip`` with ``PK``; yields its port."""
+    from aiohttp import web  # noqa: PLC0415
 
     async def zip_(request: web.Request) -> web.Response:
         return web.Response(body=b"PK")
@@ -413,8 +420,18 @@ async def test_a_worker_verifies_the_archives_certificate(tmp_path: Path) -> Non
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     try:
+        yield site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_worker_verifies_the_archives_certificate(tmp_path: Path) -> None:
+    """Over https the worker trusts what the parent's session trusts (the system's CAs): an
+    archive whose certificate nobody signed is refused, as aiohttp refuses it."""
+    import ssl  # noqa: PLC0415
+
+    async with _serving_tls(_self_signed(tmp_path)) as port:
         req = Request(f"https://127.0.0.1:{port}/zip", {}, 5.0, 5.0)
 
         def fetch() -> None:
@@ -422,8 +439,43 @@ async def test_a_worker_verifies_the_archives_certificate(tmp_path: Path) -> Non
 
         with pytest.raises(ssl.SSLCertVerificationError):
             await anyio.to_thread.run_sync(fetch)
-    finally:
-        await runner.cleanup()
+
+
+_FRESH_WORKER = """
+import sys
+import tcia_mirror.engine.zipworker
+from tcia_mirror.engine.workerhttp import Pool, Request
+print("ssl at start:", "ssl" in sys.modules)
+for url in sys.argv[1:]:
+    answer = Pool().open(Request(url, {}, 5.0, 5.0), [])
+    print(url.split(":")[0], answer.resp.status, answer.resp.read(), "ssl" in sys.modules)
+"""
+
+
+async def test_a_worker_loads_tls_only_for_an_https_archive(tmp_path: Path) -> None:
+    """A worker process starts without ``ssl`` (about 4 MiB of its memory) and fetches over
+    plain http without it; its first https request loads it, and verifies the certificate
+    against the CAs the system names (here ``SSL_CERT_FILE``: the test's own)."""
+    from aiohttp import web  # noqa: PLC0415
+
+    async def plain(request: web.Request) -> web.Response:
+        return web.Response(body=b"plain")
+
+    app = web.Application()
+    app.router.add_get("/zip", plain)
+    async with _serving(app) as base, _serving_tls(_self_signed(tmp_path)) as port:
+        env = {**os.environ, "SSL_CERT_FILE": str(tmp_path / "cert.pem")}
+        argv = [f"{base}/zip", f"https://127.0.0.1:{port}/zip"]
+        done = await anyio.run_process(
+            [sys.executable, "-c", _FRESH_WORKER, *argv], env=env, check=False
+        )
+    lines = done.stdout.decode().splitlines()
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert lines == [
+        "ssl at start: False",
+        "http 200 b'plain' False",
+        "https 200 b'PK' True",
+    ]
 
 
 def _read_exactly(pipe: Any, n: int) -> bytes:

@@ -3,7 +3,9 @@ so they never pass through the event loop's process (issue 9: that hop cost abou
 per 335 MB, measured by ``make bench-probe``).
 
 Blocking ``http.client`` on one thread per stream; keep-alive connections are pooled per
-origin. The parent (:mod:`tcia_mirror.engine.zipproc`) still decides everything that is not
+origin. ``ssl`` is imported at the first https connection, not with ``http.client``: it costs a
+worker about 4 MiB of resident memory (libssl and the module; measured), and an archive served
+over plain http (a local mirror, the simulator) never needs it. The parent (:mod:`tcia_mirror.engine.zipproc`) still decides everything that is not
 bytes: the URL and its credentials, the connection slot, and whether and when a failed request
 is tried again (the shared retry layer, :mod:`tcia_mirror.sources.http`). So a request answers
 its status, headers and (for an error) a short body before any byte of a 2xx body is worked.
@@ -11,21 +13,76 @@ its status, headers and (for an error) a short body before any byte of a 2xx bod
 
 from __future__ import annotations
 
-import http.client
 import socket
-import ssl
+import sys
 import threading
 import urllib.parse
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from tcia_mirror.engine.zipwire import Request
 
-__all__ = ["CHUNK", "ERROR_BODY", "Answer", "Pool", "Request", "shut"]
+def _import_http_client_without_ssl() -> None:
+    """Import ``http.client`` without the ``ssl`` it imports at its top (it defines its
+    HTTPS class only when that import succeeds; :class:`_TlsConnection` stands in for it).
+    A ``None`` in ``sys.modules`` makes that import fail with ImportError (documented in the
+    import system's reference), and is removed again at once, so a later ``import ssl`` works.
+    Where ``ssl`` is loaded already (a test process), nothing is gained: a plain import."""
+    if "http.client" in sys.modules or "ssl" in sys.modules:
+        return
+    sys.modules["ssl"] = None  # type: ignore[assignment]
+    try:
+        import http.client  # noqa: F401, PLC0415
+    finally:
+        del sys.modules["ssl"]
+
+
+_import_http_client_without_ssl()
+
+import http.client  # noqa: E402
+
+from tcia_mirror.engine.zipwire import Request  # noqa: E402
+
+if TYPE_CHECKING:
+    import ssl
+
+__all__ = [
+    "CHUNK",
+    "ERROR_BODY",
+    "Answer",
+    "HTTPConnection",
+    "HTTPException",
+    "IncompleteRead",
+    "Pool",
+    "Request",
+    "shut",
+]
+
+HTTPConnection = http.client.HTTPConnection
+HTTPException = http.client.HTTPException
+IncompleteRead = http.client.IncompleteRead
 
 CHUNK = 256 * 1024  # bytes per read of a body
 ERROR_BODY = 64 * 1024  # bytes of an error answer's body kept for its message
 MAX_REDIRECTS = 10  # aiohttp's default
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+
+class _TlsConnection(http.client.HTTPConnection):
+    """An https connection: what ``http.client.HTTPSConnection`` does for a GET without a
+    proxy (that class exists only where ``ssl`` was importable when ``http.client`` was
+    imported). The context verifies the certificate and the host name."""
+
+    default_port = 443
+
+    def __init__(
+        self, host: str, port: int | None, *, timeout: float | None, context: ssl.SSLContext
+    ) -> None:
+        super().__init__(host, port, timeout=timeout)
+        self._context = context
+
+    def connect(self) -> None:
+        super().connect()
+        self.sock = self._context.wrap_socket(self.sock, server_hostname=self.host)
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:
@@ -58,8 +115,10 @@ class Pool:
         scheme, host, port = key
         if scheme == "https":
             if self._tls is None:
+                import ssl  # noqa: PLC0415 - at the first https connection: see the module doc
+
                 self._tls = ssl.create_default_context()  # verified, as the parent's session
-            return http.client.HTTPSConnection(host, port, timeout=timeout, context=self._tls)
+            return _TlsConnection(host, port, timeout=timeout, context=self._tls)
         return http.client.HTTPConnection(host, port, timeout=timeout)
 
     def _take(self, key: tuple[str, str, int]) -> http.client.HTTPConnection | None:

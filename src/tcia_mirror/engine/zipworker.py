@@ -27,7 +27,6 @@ open for the parent's next try.
 
 from __future__ import annotations
 
-import http.client
 import os
 import pickle
 import signal
@@ -38,7 +37,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, NoReturn
 
-from tcia_mirror.engine.workerhttp import CHUNK, ERROR_BODY, Answer, Pool, shut
+from tcia_mirror.engine.workerhttp import (
+    CHUNK,
+    ERROR_BODY,
+    Answer,
+    HTTPConnection,
+    HTTPException,
+    IncompleteRead,
+    Pool,
+    shut,
+)
 from tcia_mirror.engine.zipentries import Fed, ZipState, is_dicom_entry
 from tcia_mirror.engine.zipwire import (
     ABORT,
@@ -73,7 +81,7 @@ class _Stream:
     # a stream that fetches: its thread and the parent's abort meet under this lock
     lock: threading.Lock = field(default_factory=threading.Lock)
     aborted: bool = False
-    conns: list[http.client.HTTPConnection] = field(default_factory=list)
+    conns: list[HTTPConnection] = field(default_factory=list)
 
 
 def _open(args: tuple[Any, ...]) -> _Stream:
@@ -147,7 +155,7 @@ def _worth_saying(st: _Stream, fed: Fed) -> bool:
 
 
 def _broke(exc: BaseException) -> TransferError:
-    if isinstance(exc, http.client.IncompleteRead):
+    if isinstance(exc, IncompleteRead):
         return TransferError(f"IncompleteRead: the body broke off ({len(exc.partial)} bytes read)")
     text = str(exc).strip().splitlines()
     return TransferError(f"{type(exc).__name__}: {text[0] if text else 'the transfer broke off'}")
@@ -254,7 +262,7 @@ class _Server:
         st.conns.clear()
         try:
             answer = self.pool.open(req, st.conns)
-        except (OSError, http.client.HTTPException) as exc:
+        except (OSError, HTTPException) as exc:
             with st.lock:
                 if not st.aborted:
                     self.reply(sid, ("unreachable", type(exc).__name__))
@@ -263,7 +271,7 @@ class _Server:
         if resp.status >= 300:
             try:
                 body = resp.read(ERROR_BODY)
-            except (OSError, http.client.HTTPException):
+            except (OSError, HTTPException):
                 body = b""
             answer.conn.close()
             with st.lock:
@@ -284,7 +292,7 @@ class _Server:
             error: BaseException | None = None
             try:
                 chunk = resp.read(CHUNK)
-            except (OSError, http.client.HTTPException) as exc:
+            except (OSError, HTTPException) as exc:
                 chunk, error = b"", _broke(exc)
             if not chunk and error is None and resp.length:
                 error = TransferError(f"the body ended {resp.length} bytes short")
