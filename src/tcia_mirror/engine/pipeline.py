@@ -61,7 +61,21 @@ class SeriesWork:
     zip_untrusted: bool = False  # a ZIP of this series had entries we refused (unsafe names)
     problems: list[Problem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    names: dict[str, str] = field(default_factory=dict)  # file path -> object key naming it
+    # file path -> the key whose file it is: committed (see mark_done) or being committed by
+    # this run (reserved under the Fetcher's claim lock). A lookup, not a walk of ``done``: a
+    # worker thread checks names while the loop commits (and a walk was O(n) a file)
+    names: dict[str, str] = field(default_factory=dict)
+
+    def mark_done(self, key: str, rel: str, size: int, md5: str | None) -> None:
+        """``key``'s file is in the mirror at ``rel`` (on the event loop's thread)."""
+        self.done[key] = (rel, size, md5)
+        self.names[rel] = key
+
+    def forget(self, key: str) -> None:
+        """``key``'s file is no longer in the mirror."""
+        gone = self.done.pop(key, None)
+        if gone is not None and self.names.get(gone[0]) == key:
+            del self.names[gone[0]]
 
     def missing(self) -> list[str]:
         return sorted(self.expected - self.done.keys())
@@ -281,10 +295,7 @@ class Fetcher:
                 claimed.add(record)
             # an object named by its header must not take the name of another object's file,
             # committed or being committed at the same time (names are reserved under the lock)
-            twin = key is not None and (
-                work.names.get(rel, record) != record
-                or any(r == rel and k != record for k, (r, _s, _m) in work.done.items())
-            )
+            twin = key is not None and work.names.get(rel, record) != record
             if key is not None and not twin:
                 work.names[rel] = record
         if twin:
@@ -336,7 +347,7 @@ class Fetcher:
                 w.uid, [(c.sop, c.rel_path, c.size, c.md5) for c in cs]
             )
             for c in cs:
-                w.done[c.sop] = (c.rel_path, c.size, c.md5)
+                w.mark_done(c.sop, c.rel_path, c.size, c.md5)
             self.files_committed += len(cs)
 
     @staticmethod
@@ -592,7 +603,7 @@ class Fetcher:
         for n, c in bad:
             work.problem("md5_mismatch", expected=archive_md5[n], found=c.md5, sop=c.sop)
             (self.root / c.rel_path).unlink(missing_ok=True)
-            work.done.pop(c.sop, None)
+            work.forget(c.sop)
             self._bytes(-c.size)
 
     # -- single instances --------------------------------------------------------------------

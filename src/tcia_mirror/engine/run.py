@@ -107,7 +107,7 @@ class SeriesRunner:
         )
         for i in insts:
             if i.done and i.rel_path is not None:
-                w.done[i.sop_uid] = (i.rel_path, i.size or 0, i.md5)
+                w.mark_done(i.sop_uid, i.rel_path, i.size or 0, i.md5)
             if i.expected_md5:  # stated by the archive in an earlier run: binds this one too
                 w.archive_md5[i.sop_uid] = i.expected_md5
                 w.md5_source[i.sop_uid] = i.md5_source or "archive"
@@ -137,7 +137,7 @@ class SeriesRunner:
         if found.adopted:
             await store.commit_instances(w.uid, found.adopted)
             for sop, rel, size, md5 in found.adopted:
-                w.done[sop] = (rel, size, md5)
+                w.mark_done(sop, rel, size, md5)
                 self.progress.on_bytes(size)  # in the mirror now: the byte total ends full
             report.files_adopted += len(found.adopted)
             self.progress.on_message(
