@@ -2,14 +2,17 @@
 
 Runnable on its own (``make bench-idc``)::
 
-    python benchmarks/idc_bench.py [--objects 2000] [--wan-objects 480] [--workers 8]
+    python benchmarks/idc_bench.py [--objects 2000] [--wan-objects 480] [--large-objects 480]
+                                   [--workers 8] [--scenario wan|loopback|large|all]
 
-Two scenarios, each tool in a process of its own against a fresh bucket process (bodies served
+Three scenarios, each tool in a process of its own against a fresh bucket process (bodies served
 from files with sendfile when no bandwidth cap applies), after an ``os.sync()``:
 
 * ``wan``: 50 ms before every answer, 4 MB/s per response body, 8 connections each
   (``--concurrency 8`` / ``--numworkers 8``), 480 CT-sized objects;
-* ``loopback``: about 2,000 CT-sized objects (512x512x16 bit, about 0.5 MB), no faults.
+* ``loopback``: about 2,000 CT-sized objects (512x512x16 bit, about 0.5 MB), no faults;
+* ``large``: 480 objects of about 2 MiB (1024x1024x16 bit), no faults: tcia-mirror fetches,
+  writes and hashes objects this large in its worker processes, not on its event loop.
 
 Reported per tool: MB/s, objects/s, CPU seconds per GB (the tool's user+system from ``wait4``,
 start-up included), peak RSS (MiB), the bucket process's CPU seconds, and whether every object
@@ -57,8 +60,8 @@ def serve(cfg: dict[str, Any]) -> None:
         studies_per_patient=(1, 1),
         series_per_study=(4, 4),
         instances_per_series=(per_series, per_series),
-        rows=512,
-        cols=512,
+        rows=cfg.get("rows", 512),  # 512 x 512: about 0.5 MB an object
+        cols=cfg.get("cols", 512),
     )
     faults = Faults(latency=cfg.get("latency", 0.0), bandwidth=cfg.get("bandwidth"))
     files = Path(cfg["truth"]).parent / "bucket"  # bodies served with sendfile
@@ -186,8 +189,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--objects", type=int, default=2000, help="loopback objects (about 0.5 MB)")
     ap.add_argument("--wan-objects", type=int, default=480, help="WAN-like objects")
+    ap.add_argument(
+        "--large-objects", type=int, default=480, help="loopback objects of about 2 MiB"
+    )
     ap.add_argument("--workers", type=int, default=8, help="connections of each tool")
-    ap.add_argument("--scenario", choices=["wan", "loopback", "all"], default="all")
+    ap.add_argument("--scenario", choices=["wan", "loopback", "large", "all"], default="all")
     ap.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     ap.add_argument(
         "--tcia-mirror-src",
@@ -202,6 +208,9 @@ def main() -> int:
     scenarios = {
         "wan": {"name": "wan", "objects": args.wan_objects, "latency": 0.05, "bandwidth": 4e6},
         "loopback": {"name": "loopback", "objects": args.objects},
+        # larger objects (1024 x 1024): their bytes are worked in tcia-mirror's worker
+        # processes (pipeline.OBJECT_WORKER_MIN_MEAN), not in its event loop's
+        "large": {"name": "large", "objects": args.large_objects, "rows": 1024, "cols": 1024},
     }
     chosen = list(scenarios) if args.scenario == "all" else [args.scenario]
     compile_sources(args.tcia_mirror_src)

@@ -117,6 +117,11 @@ class TransferError(RemoteError):
     """A response body broke off mid-transfer (connection dropped, payload incomplete)."""
 
 
+class BodyCut(TransferError):
+    """An object's body broke off and the transport kept what came: a continuation (``Range``
+    from the bytes it holds) can finish it."""
+
+
 class DataError(TciaMirrorError):
     """Downloaded data does not match what the archive promised."""
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tcia_mirror.config import client_config, resolve
+from tcia_mirror.engine import pipeline
 from tcia_mirror.engine.mirror import DownloadOptions, Mirror
 from tcia_mirror.selection import build_selection
 from tcia_mirror.sources.http import RetryPolicy
@@ -21,6 +22,23 @@ from tcia_mirror.testing.simulator.s3 import S3Simulator
 
 pytestmark = pytest.mark.anyio
 FAST = RetryPolicy(attempts=6, base=0.01, cap=0.05, jitter=0.0, max_retry_after=0.05)
+
+
+@pytest.fixture(params=["loop", "worker"], autouse=True)
+def where_bytes_go(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs twice: with each object's bytes worked on the event loop (as
+    for objects under ``OBJECT_WORKER_MIN_MEAN``), and in a ZIP worker that makes the
+    request itself (as for larger ones); then no object's bytes may pass the loop."""
+    if request.param == "loop":
+        monkeypatch.setattr(pipeline, "OBJECT_WORKER_MIN_MEAN", 1 << 62)
+    else:
+        monkeypatch.setattr(pipeline, "OBJECT_WORKER_MIN_MEAN", 0)
+
+        async def bytes_through_the_loop(self: object, chunk: bytes) -> None:
+            raise AssertionError("an object's bytes passed through the event loop")
+
+        monkeypatch.setattr(pipeline._SingleFile, "take", bytes_through_the_loop)
+    return str(request.param)
 
 
 class _Crash(BaseException):

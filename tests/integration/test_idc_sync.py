@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tcia_mirror.engine import pipeline, zipproc
 from tcia_mirror.engine.mirror import DownloadOptions, Mirror
 from tcia_mirror.selection import build_selection
 from tcia_mirror.sources.http import RetryPolicy
@@ -201,3 +202,47 @@ async def test_a_file_renamed_before_a_kill_is_adopted(tmp_path: Path, tamper: b
             assert report.files_adopted >= 1
         assert last.read_bytes() == s3.objects[key].body
         assert (await Mirror(out).verify()).ok
+
+
+@pytest.mark.parametrize("large", [False, True])
+async def test_objects_go_to_a_worker_by_their_series_mean_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, large: bool
+) -> None:
+    """A series whose mean object is at least ``OBJECT_WORKER_MIN_MEAN`` has each object
+    fetched, written and hashed in a worker process (no byte of it through the event loop);
+    a series of smaller ones is worked on the loop. The sizes are the plan's (the listing's)."""
+    async with bucket(multipart_every=0) as s3:
+        means = [
+            sum(map(len, bodies.values())) / len(bodies)
+            for bodies in (s3.folder_bytes(uid) for uid in s3.folders)
+        ]
+        threshold = int(min(means)) if large else int(max(means)) + 1
+        monkeypatch.setattr(pipeline, "OBJECT_WORKER_MIN_MEAN", threshold)
+        object_streams: list[str] = []
+        real_stream = zipproc.ZipWorkers.stream
+
+        async def stream(self: zipproc.ZipWorkers, *a: object, **kw: object) -> object:
+            if kw.get("object_name"):
+                object_streams.append(str(kw["object_name"]))
+            return await real_stream(self, *a, **kw)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(zipproc.ZipWorkers, "stream", stream)
+        on_loop: list[int] = []
+        real_take = pipeline._SingleFile.take
+
+        async def take(self: pipeline._SingleFile, chunk: bytes) -> None:
+            on_loop.append(len(chunk))
+            await real_take(self, chunk)
+
+        monkeypatch.setattr(pipeline._SingleFile, "take", take)
+        manifest = s3.write_manifest(tmp_path / "m.s5cmd")
+        out = tmp_path / "out"
+        report = await Mirror(out, config(s3)).download(build_selection(manifests=[str(manifest)]))
+        assert report.ok, report.problems
+        total = sum(len(o.body) for o in s3.objects.values())
+        if large:
+            assert len(object_streams) == len(s3.objects) and not on_loop
+        else:
+            assert not object_streams and sum(on_loop) == total
+        got = sorted(b for b, _ino, _mtime in files(out).values())
+        assert got == sorted(o.body for o in s3.objects.values())

@@ -46,15 +46,18 @@ def _parts(root: Path) -> list[Path]:
 
 @pytest.fixture
 def through_workers(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Every series ZIP goes to a worker (the test data's instances are tiny), and the loop
-    must never be handed a ZIP's bytes: a chunk fed by the loop fails the run. Returns the
-    list of requests the workers were asked to make."""
+    """Every series ZIP, and every single image, goes to a worker (the test data's instances
+    are tiny), and the loop must never be handed their bytes: a chunk fed by the loop fails
+    the run. Returns the list of requests the workers were asked to make."""
     monkeypatch.setattr(pipeline, "ZIP_WORKER_MIN_MEAN", 0)
+    monkeypatch.setattr(pipeline, "OBJECT_WORKER_MIN_MEAN", 0)
     fetches: list[int] = []
     real_get = zipproc.RemoteZip.get
 
     async def bytes_through_the_loop(self: object, chunk: bytes) -> object:
-        raise AssertionError("a ZIP's bytes passed through the event loop")
+        raise AssertionError("a ZIP's or an image's bytes passed through the event loop")
+
+    monkeypatch.setattr(pipeline._SingleFile, "take", bytes_through_the_loop)
 
     async def counted_get(self: zipproc.RemoteZip, url: str, **kw: Any) -> object:
         fetches.append(1)

@@ -49,16 +49,17 @@ def test_idc_bench_smoke(tmp_path: Path) -> None:
     serving CPU reported (s5cmd rows too when the machine has s5cmd on its PATH)."""
     out = tmp_path / "idc.json"
     cmd = [sys.executable, str(ROOT / "benchmarks" / "idc_bench.py"), "--objects", "24"]
-    cmd += ["--wan-objects", "8", "--workers", "4", "--json", str(out)]
+    cmd += ["--wan-objects", "8", "--large-objects", "6", "--workers", "4", "--json", str(out)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=180, check=False)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     rows = json.loads(out.read_text())
     assert {(r["scenario"], r["tool"]) for r in rows} >= {
         ("wan", "tcia-mirror"),
         ("loopback", "tcia-mirror"),
+        ("large", "tcia-mirror"),
     }
     for r in rows:
         assert r["byte_identical"] and r["exit"] == 0, r
-        assert r["objects"] == (8 if r["scenario"] == "wan" else 24)
+        assert r["objects"] == {"wan": 8, "loopback": 24, "large": 6}[r["scenario"]]
         assert r["server_cpu_s"] >= 0 and r["cpu_s_per_GB"] > 0
     assert "| scenario | tool |" in done.stdout

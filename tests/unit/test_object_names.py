@@ -77,3 +77,46 @@ def test_an_object_is_refused_the_name_of_a_file_an_earlier_run_committed(
     work.forget("bucket/the-first-copy.dcm")  # its file was found damaged and removed
     committed = _check(tmp_path, work, key, body)
     assert committed is not None and committed.rel_path == name and not work.problems
+
+
+def test_large_objects_go_to_a_worker_small_or_unknown_ones_stay() -> None:
+    from tcia_mirror.engine.pipeline import OBJECT_WORKER_MIN_MEAN, _objects_worth_a_worker
+
+    def series(count: int | None, mean: int | None) -> SeriesWork:
+        total = None if count is None or mean is None else count * mean
+        return SeriesWork("1.2", None, "1.2", frozenset(), count, total)
+
+    assert _objects_worth_a_worker(series(10, OBJECT_WORKER_MIN_MEAN))
+    assert _objects_worth_a_worker(series(10, 8 << 20))
+    assert not _objects_worth_a_worker(series(10, 512 * 1024))  # CT-sized: the loop
+    assert not _objects_worth_a_worker(series(None, None))  # sizes unknown: the loop
+    assert not _objects_worth_a_worker(series(0, 8 << 20))
+
+
+def test_an_object_sent_again_from_its_first_byte_starts_over(tmp_path: Path) -> None:
+    """A worker's object body: a cut keeps what came; a server that then sends the whole
+    object again (it ignored Range) starts it over, so the file is the object, once."""
+    import hashlib  # noqa: PLC0415
+
+    from tcia_mirror.engine.zipentries import ObjectState  # noqa: PLC0415
+
+    def make_writer(dest: Path) -> AtomicWriter:
+        return AtomicWriter(dest, fsync=False, token="0badc0de")
+
+    body = bytes(range(256)) * 1000
+    state = ObjectState(tmp_path / "s" / "object.dcm", make_writer)
+    buf = bytearray(body[:70_000])
+    state.feed(memoryview(buf))  # a reused read buffer: written before the next read
+    buf[:] = b"\0" * len(buf)
+    assert state.received == 70_000 and not state.complete
+    state.restart()
+    state.feed(body[:100_000])
+    state.feed(memoryview(bytearray(body[100_000:])))
+    state.reader.close()
+    (entry,) = state.complete
+    assert entry.size == state.received == len(body)
+    assert entry.digest.hexdigest() == hashlib.md5(body).hexdigest()
+    assert entry.writer is not None
+    temp = entry.writer.release()
+    assert temp.read_bytes() == body
+    assert [p.name for p in temp.parent.iterdir()] == [temp.name]  # the first try is gone

@@ -19,7 +19,15 @@ from tcia_mirror.sources.nbia.zipstream import (
     safe_entry_name,
 )
 
-__all__ = ["HEAD", "Fed", "ZipEntry", "ZipState", "entry_kind", "is_dicom_entry"]
+__all__ = [
+    "HEAD",
+    "Fed",
+    "ObjectState",
+    "ZipEntry",
+    "ZipState",
+    "entry_kind",
+    "is_dicom_entry",
+]
 
 _SMALL_CAP = 16 * 2**20  # LICENSE / md5hashes.csv are small; refuse more
 _BUFFER_MAX = 1 << 20  # a DICOM entry up to this size is kept in memory, written in one go
@@ -68,7 +76,7 @@ class ZipEntry:
 
     def add(
         self,
-        data: bytes,
+        data: bytes | memoryview,
         make_writer: Callable[[Path], AtomicWriter],
         buffer_max: int = _BUFFER_MAX,
     ) -> None:
@@ -77,7 +85,7 @@ class ZipEntry:
         if len(self.head) < HEAD:
             self.head += data[: HEAD - len(self.head)]
         if self.writer is None and self.buffered + len(data) <= buffer_max:
-            self.chunks.append(data)
+            self.chunks.append(bytes(data))  # no copy of bytes; kept, so never a view
             self.buffered += len(data)
             return
         if self.writer is None:
@@ -188,3 +196,60 @@ class ZipState:
         elif self.kind == "md5" and ev.crc_ok:
             out.md5_list = bytes(self.small)
         self.kind = ""
+
+
+class _BodyEnd:
+    """``reader.close()`` of an object stream: the body ended, the object is complete."""
+
+    __slots__ = ("_state",)
+
+    def __init__(self, state: ObjectState) -> None:
+        self._state = state
+
+    def close(self) -> None:
+        self._state.finish()
+
+
+class ObjectState:
+    """The byte work of one object's body (a bucket object, a single image) in a ZIP worker:
+    written to its temp file and hashed as it comes, complete when the body ends. It answers
+    the worker as :class:`ZipState` does. A body cut short keeps what came, so a continuation
+    (``Range``) appends to it; a whole body sent again (a server that ignored ``Range``)
+    starts it over (:meth:`restart`)."""
+
+    def __init__(self, dest: Path, make_writer: Callable[[Path], AtomicWriter]) -> None:
+        self.dest = dest
+        self.make_writer = make_writer
+        self.entry: ZipEntry | None = ZipEntry(dest.name, dest)
+        self.complete: list[ZipEntry] = []
+        self.received = 0
+        self.rejected: list[str] = []
+        self.reader = _BodyEnd(self)
+
+    def feed(self, chunk: bytes | memoryview) -> Fed:
+        """``chunk`` is written and hashed before this returns (the caller may reuse it)."""
+        if self.entry is None:
+            raise DataError(f"{self.dest.name}: bytes after the end of the object")
+        self.received += len(chunk)
+        self.entry.add(chunk, self.make_writer, 0)
+        return Fed()
+
+    def finish(self) -> None:
+        if self.entry is not None:
+            e, self.entry = self.entry, None
+            self.complete.append(e)
+
+    def restart(self) -> None:
+        """The object's bytes come again from its first."""
+        if self.entry is not None:
+            self.entry.discard()
+        self.entry = ZipEntry(self.dest.name, self.dest)
+        self.received = 0
+
+    def discard(self) -> int:
+        """Drop the object's temp file unless handed on; returns its bytes."""
+        left = [*self.complete, *([self.entry] if self.entry is not None else [])]
+        self.complete, self.entry = [], None
+        for e in left:
+            e.discard()
+        return sum(e.size for e in left)

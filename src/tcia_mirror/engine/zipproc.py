@@ -48,14 +48,15 @@ from tcia_mirror.engine.zipwire import (
     TO_WORKER,
     Request,
 )
-from tcia_mirror.errors import DataError, DiskError, TciaMirrorError, TransferError
+from tcia_mirror.errors import BodyCut, DataError, DiskError, TciaMirrorError, TransferError
 from tcia_mirror.fs.atomic import AtomicWriter, host_tag
 from tcia_mirror.sources.nbia.zipstream import ZipLimits
 
 __all__ = ["LocalZip", "RemoteZip", "ZipWorkers"]
 
 _GONE = "the ZIP worker process ended unexpectedly"
-_ASIDE = frozenset({"fed", "status", "unreachable"})  # replies that do not end a stream
+# replies that do not end a stream (``cut``: an object's body broke off, what came is kept)
+_ASIDE = frozenset({"fed", "status", "unreachable", "cut"})
 FRAME = 256 * 1024  # bytes of a ZIP sent to a worker at once (the last frame may be smaller)
 _STOP_WAIT = 10.0  # seconds a worker gets to clean up and exit before it is killed
 
@@ -270,6 +271,8 @@ class RemoteZip:
         """Have the worker send a GET; returns once its status and headers came. After a 2xx
         the worker works the body itself (:meth:`body`). Raises ``ConnectionError`` when the
         server could not be reached (the caller's retry policy decides)."""
+        if self._ended:
+            raise TransferError(_GONE if self._gone else "the stream ended")
         if params:
             url += ("&" if "?" in url else "?") + urlencode(params)
         req = Request(url, dict(headers or {}), connect_timeout, read_timeout)
@@ -292,6 +295,9 @@ class RemoteZip:
             msg = await self._reply()
             if msg[0] == "done":
                 return
+            if msg[0] == "cut":  # an object stream: the worker kept what came
+                self.received = msg[3]
+                raise BodyCut(f"{what}: {msg[2]}")
             if msg[0] != "fed":
                 _raise(msg[1], f"{what}: {msg[2]}" if msg[1] == "TransferError" else msg[2])
             fed = self._take(msg)
@@ -354,9 +360,13 @@ class ZipWorkers:
         assert self._tg is not None
         return await self._tg.__aexit__(exc_type, exc, tb)
 
-    async def stream(self, series_dir: Path, *, md5_stated: bool = False) -> RemoteZip:
+    async def stream(
+        self, series_dir: Path, *, md5_stated: bool = False, object_name: str | None = None
+    ) -> RemoteZip:
         """A stream of a series ZIP in the least busy worker. ``md5_stated``: the archive
-        states each image's MD5 (the caller checks it), so the worker spares their CRC-32."""
+        states each image's MD5 (the caller checks it), so the worker spares their CRC-32.
+        ``object_name``: the stream is one object's body (not a ZIP), written to a temp file
+        for ``series_dir / object_name``; a cut body is kept for a continuation."""
         w = await self._pick()
         sid = next(self._ids)
         send, receive = anyio.create_memory_object_stream[tuple[Any, ...]](math.inf)
@@ -371,6 +381,7 @@ class ZipWorkers:
             token,
             limits,
             md5_stated,
+            object_name,
         )
         await w.send(OPEN, sid, pickle.dumps(args))
         leftovers = _Leftovers(series_dir, f".{self._owner}.{token}.part")

@@ -47,7 +47,7 @@ from tcia_mirror.engine.workerhttp import (
     Pool,
     shut,
 )
-from tcia_mirror.engine.zipentries import Fed, ZipState, is_dicom_entry
+from tcia_mirror.engine.zipentries import Fed, ObjectState, ZipState, is_dicom_entry
 from tcia_mirror.engine.zipwire import (
     ABORT,
     DATA,
@@ -73,7 +73,7 @@ _STOP_WAIT = 5.0  # seconds the fetch threads get to finish when the worker stop
 
 @dataclass(slots=True)
 class _Stream:
-    zs: ZipState
+    zs: ZipState | ObjectState
     fsync: bool
     sent_received: int = 0
     said_at: float = field(default_factory=time.monotonic)  # the last fed reply
@@ -85,12 +85,16 @@ class _Stream:
 
 
 def _open(args: tuple[Any, ...]) -> _Stream:
-    series_dir, root, fsync, owner, token, limits, md5_stated = args
+    series_dir, root, fsync, owner, token, limits, md5_stated, *rest = args
+    object_name = rest[0] if rest else None  # one object's body, not a ZIP
     mirror = Path(root)
 
     def make_writer(dest: Path) -> AtomicWriter:
         # the parent fsyncs each file in its thread pool (many at once), not this process
         return AtomicWriter(dest, fsync=False, mirror_dir=mirror, owner=owner, token=token)
+
+    if object_name is not None:
+        return _Stream(ObjectState(Path(series_dir) / object_name, make_writer), fsync)
 
     # where the archive states each image's MD5, the parent checks it: no CRC-32 for them
     reader = ZipStreamReader(ZipLimits(*limits), skip_crc=is_dicom_entry if md5_stated else None)
@@ -283,15 +287,22 @@ class _Server:
             if st.aborted:
                 answer.conn.close()
                 return
+            if isinstance(st.zs, ObjectState) and resp.status != 206 and st.zs.received:
+                st.zs.restart()  # the server sent the whole object, not the rest asked for
             self.reply(sid, ("status", resp.status, answer.headers, b""))
         self._body(sid, st, answer)
 
     def _body(self, sid: int, st: _Stream, answer: Answer) -> None:
         resp = answer.resp
+        # an object's bytes are written and hashed before the next read: they are read into
+        # one buffer, reused (``read(n)`` allocates n zeroed bytes a call, then copies them)
+        buf = bytearray(CHUNK) if isinstance(st.zs, ObjectState) else None
+        view = memoryview(buf) if buf is not None else None
         while True:
             error: BaseException | None = None
+            chunk: bytes | memoryview
             try:
-                chunk = resp.read(CHUNK)
+                chunk = view[: resp.readinto(view)] if view is not None else resp.read(CHUNK)
             except (OSError, HTTPException) as exc:
                 chunk, error = b"", _broke(exc)
             if not chunk and error is None and resp.length:
@@ -300,10 +311,20 @@ class _Server:
                 if st.aborted:
                     answer.conn.close()
                     return
+                if error is not None and isinstance(st.zs, ObjectState):
+                    # an object's cut body: what came stays, for the parent's continuation
+                    answer.conn.close()
+                    st.conns.clear()
+                    self.reply(sid, ("cut", *_describe(error), st.zs.received))
+                    return
                 fed: Fed | None = None
                 if chunk:
                     try:
-                        fed = st.zs.feed(chunk)
+                        if isinstance(st.zs, ObjectState):
+                            fed = st.zs.feed(chunk)
+                        else:
+                            assert isinstance(chunk, bytes)
+                            fed = st.zs.feed(chunk)
                     except Exception as exc:  # noqa: BLE001 - every failure goes to the parent
                         error = exc
                     if error is None:

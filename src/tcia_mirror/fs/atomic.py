@@ -204,7 +204,7 @@ class AtomicWriter:
     def temp_path(self) -> Path:
         return self._temp
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         if self._file is None:
             raise ValueError(f"{self.dest}: write after commit/abort")
         try:

@@ -47,7 +47,13 @@ class Transport(Protocol):
     engine's ZIP workers (:class:`~tcia_mirror.engine.zipproc.RemoteZip`) fetch a series ZIP
     in the process that inflates and writes it. The source still builds the request and
     decides on retries (:func:`retrying_open`); ``get`` raises ``ConnectionError`` when the
-    server could not be reached."""
+    server could not be reached.
+
+    ``received``: the body's bytes the transport worked so far. An object's body that broke
+    off raises :class:`~tcia_mirror.errors.BodyCut` from ``body``; the transport keeps what
+    came, and a ``Range`` request from ``received`` continues it."""
+
+    received: int
 
     async def get(
         self,

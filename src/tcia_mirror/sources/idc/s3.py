@@ -11,6 +11,7 @@ import random
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 from urllib.parse import quote
 
 import aiohttp
@@ -29,8 +30,10 @@ from tcia_mirror.sources.http import (
     RETRY_STATUSES,
     AdaptiveLimiter,
     Failed,
+    Response,
     RetryPolicy,
     Sleep,
+    Transport,
     parse_retry_after,
     real_sleep,
     retrying,
@@ -125,6 +128,15 @@ class S3Client:
     def _counted(self, _f: Failed) -> None:
         self.retries += 1
 
+    @staticmethod
+    def _object_headers(start: int, end: int | None, if_match: str | None) -> dict[str, str]:
+        headers: dict[str, str] = {}
+        if start or end is not None:
+            headers["Range"] = f"bytes={start}-{'' if end is None else end}"
+        if if_match:
+            headers["If-Match"] = f'"{if_match}"'
+        return headers
+
     async def open(
         self,
         endpoint: str,
@@ -136,23 +148,54 @@ class S3Client:
         if_match: str | None = None,
     ) -> aiohttp.ClientResponse:
         """A 2xx response for a GET of ``key`` from byte ``start`` (the caller releases it)."""
-        headers: dict[str, str] = {}
-        if start or end is not None:
-            headers["Range"] = f"bytes={start}-{'' if end is None else end}"
-        if if_match:
-            headers["If-Match"] = f'"{if_match}"'
-        return await self._request(
+        headers = self._object_headers(start, end, if_match)
+        resp = await self._request(
             self.url(endpoint, bucket, key), headers, {}, f"s3://{bucket}/{key}"
         )
+        return cast("aiohttp.ClientResponse", resp)
+
+    async def open_via(
+        self,
+        transport: Transport,
+        endpoint: str,
+        bucket: str,
+        key: str,
+        *,
+        start: int = 0,
+        if_match: str | None = None,
+    ) -> Response:
+        """:meth:`open`, the request sent by ``transport`` (a ZIP worker, which then works the
+        body itself), with this client's timeouts and retry policy."""
+        headers = self._object_headers(start, None, if_match)
+        url = self.url(endpoint, bucket, key)
+        return await self._request(url, headers, {}, f"s3://{bucket}/{key}", transport)
 
     async def _request(
-        self, url: str, headers: dict[str, str], params: dict[str, str], what: str
-    ) -> aiohttp.ClientResponse:
-        async def attempt() -> aiohttp.ClientResponse | Failed:
+        self,
+        url: str,
+        headers: dict[str, str],
+        params: dict[str, str],
+        what: str,
+        transport: Transport | None = None,
+    ) -> Response:
+        async def send() -> Response:
+            session = self._session()
+            if transport is None:
+                return await session.get(url, headers=headers, params=params)
+            timeout = session.timeout
+            return await transport.get(
+                url,
+                params=params,
+                headers=headers,
+                connect_timeout=timeout.connect,
+                read_timeout=timeout.sock_read,
+            )
+
+        async def attempt() -> Response | Failed:
             self.requests += 1
             try:
-                resp = await self._session().get(url, headers=headers, params=params)
-            except (aiohttp.ClientError, TimeoutError) as exc:
+                resp = await send()
+            except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
                 return Failed(
                     UnreachableError(
                         f"{what}: the bucket endpoint did not answer ({type(exc).__name__}); "

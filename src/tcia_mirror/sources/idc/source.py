@@ -27,7 +27,14 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import anyio
 
-from tcia_mirror.errors import DataError, InputError, RemoteError, TransferError, one_error
+from tcia_mirror.errors import (
+    BodyCut,
+    DataError,
+    InputError,
+    RemoteError,
+    TransferError,
+    one_error,
+)
 from tcia_mirror.fs.dicomio import CHARSETS, head_texts
 from tcia_mirror.selection import Selection
 from tcia_mirror.sources.base import FetchUnit, Mode, PlanResult, SeriesView
@@ -365,14 +372,19 @@ class IdcSource:
     @asynccontextmanager
     async def open(
         self, unit: FetchUnit, *, md5: bool, transport: Transport | None = None
-    ) -> AsyncIterator[AsyncIterator[bytes]]:
-        # the engine hands a transport only for archive units: a bucket has none
-        assert unit.key is not None and transport is None
+    ) -> AsyncIterator[AsyncIterator[Any]]:
+        assert unit.key is not None
         bucket, key = split_key(unit.key)
         endpoint = self.endpoint_of(bucket)
         info = await self._expected(bucket, key)
         if info is None:
             raise DataError(f"{unit.key}: no longer in the bucket's listing; run sync")
+        if transport is not None:  # a ZIP worker fetches and writes the body itself
+            answer = await self.s3.open_via(
+                transport, endpoint, bucket, key, if_match=info.etag or None
+            )
+            yield self._body_via(transport, answer, endpoint, bucket, key, info)
+            return
         resp = await self.s3.open(endpoint, bucket, key, if_match=info.etag or None)
         holder = [resp]
         try:
@@ -427,6 +439,51 @@ class IdcSource:
             holder[0] = nxt
             if nxt.status == 200:
                 skip = yielded  # the server ignored Range: drop what we already have
+
+    async def _body_via(
+        self,
+        transport: Transport,
+        answer: Any,
+        endpoint: str,
+        bucket: str,
+        key: str,
+        info: ObjectInfo,
+    ) -> AsyncIterator[Any]:
+        """What ``transport`` made of the object's body (as :meth:`_body`, the bytes stay in
+        the transport's process): a cut body continues with a Range request from the bytes
+        the transport kept; the object must end at the listing's size."""
+        what = object_key(bucket, key)
+        stalled = 0
+        while True:
+            before = transport.received
+            try:
+                async for item in transport.body(answer, what):
+                    yield item
+            except BodyCut as exc:
+                cause = str(exc)
+            else:
+                if transport.received == info.size:
+                    return
+                cause = f"the body ended at {transport.received} of {info.size} bytes"
+                if transport.received < info.size:
+                    raise TransferError(f"{what}: {cause}")
+            if transport.received > info.size:
+                raise DataError(f"{what}: more bytes than the listing's {info.size}")
+            stalled = 0 if transport.received > before else stalled + 1
+            if stalled >= self.s3.retry.attempts:
+                raise TransferError(f"{what}: the transfer kept breaking off ({cause})")
+            self.continuations += 1
+            try:
+                answer = await self.s3.open_via(
+                    transport,
+                    endpoint,
+                    bucket,
+                    key,
+                    start=transport.received,
+                    if_match=info.etag or None,
+                )
+            except RemoteError as exc:
+                raise TransferError(f"{what}: {cause}; continuing failed: {exc}") from exc
 
     def states_md5(self, unit: FetchUnit, *, md5: bool) -> str | None:
         return None  # the listing's ETags are recorded in the plan, not stated by the stream
