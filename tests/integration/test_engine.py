@@ -302,3 +302,38 @@ def test_a_zip_that_broke_twice_before_anything_counted_is_finished_one_by_one()
         "1.2.3", sops, frozenset(), 5, 5000, archive_tries=2, archive_untrusted=False
     )
     assert sorted(u.key for u in choose_units(twice, "zip")) == sorted(sops)  # type: ignore[type-var]
+
+
+async def test_series_are_made_ready_several_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The workers' next series are made ready (instance lists read, folders looked at) up to
+    PREPARE_AHEAD at once, not one after another: a run of many small series waited on each."""
+    import anyio  # noqa: PLC0415
+
+    from tcia_mirror.engine import run  # noqa: PLC0415
+    from tcia_mirror.store.sqlite import SqliteStore  # noqa: PLC0415
+
+    reading, most = 0, 0
+    instances = SqliteStore.instances
+
+    async def slow_instances(self: SqliteStore, series_uid: str) -> list:  # type: ignore[type-arg]
+        nonlocal reading, most
+        reading += 1
+        most = max(most, reading)
+        try:
+            await anyio.sleep(0.05)  # a store under load answers late
+            return await instances(self, series_uid)
+        finally:
+            reading -= 1
+
+    monkeypatch.setattr(SqliteStore, "instances", slow_instances)
+    async with running_sim() as sim:
+        uids = [s.series_uid for s in sim.dataset.series]
+        assert len(uids) > 2
+        report = await Mirror(tmp_path, config_for(sim)).download(
+            Selection(series=tuple(uids)), DownloadOptions(concurrency=4)
+        )
+    assert report.ok, report.problems
+    assert dicom_files(tmp_path) == ground_truth_files(sim, uids)
+    assert most == min(len(uids), run.PREPARE_AHEAD)
