@@ -58,6 +58,7 @@ from tcia_mirror.store.base import (
     SeriesPlan,
     SeriesState,
 )
+from tcia_mirror.store.serial import SerialCalls
 
 __all__ = [
     "STATUSES",
@@ -723,12 +724,13 @@ class SqliteStore:
     """The async face of :class:`StateStore` (the :class:`~tcia_mirror.store.base.Store` seam).
 
     Each call runs in a worker thread, one at a time, so the event loop never waits on SQLite
-    or on the disk under it.
+    or on the disk under it; calls made while one runs are run together, in order, in one
+    thread hop (:class:`~tcia_mirror.store.serial.SerialCalls`).
     """
 
     def __init__(self, db: StateStore) -> None:
         self.db = db
-        self._one = anyio.CapacityLimiter(1)
+        self._calls = SerialCalls()
         self._claimed = False  # claim() handed out the plan
 
     @classmethod
@@ -739,7 +741,7 @@ class SqliteStore:
         return cls(db)
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
-        return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kw), limiter=self._one)
+        return await self._calls.run(functools.partial(fn, *args, **kw))
 
     @asynccontextmanager
     async def lock(self) -> AsyncIterator[None]:
