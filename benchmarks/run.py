@@ -6,7 +6,7 @@ Environment: ``BENCH_SCENARIOS`` (e.g. ``1,2``), ``BENCH_REPEATS`` (default 3),
 ``BENCH_NBIA_PYTHON`` (the interpreter that has nbiatoolkit; default
 ``benchmarks/.venv-nbiatoolkit/bin/python``), ``BENCH_TOOLS`` (e.g. ``tcia-mirror,naive``).
 Writes ``<results>/scenario-N.json``, ``<results>/latest.json`` and ``<results>/latest.md``; a
-full run (all six scenarios, not ``--smoke``) also refreshes the table in ``benchmarks/README.md``.
+full run (all seven scenarios, not ``--smoke``) also refreshes the table in ``benchmarks/README.md``.
 """
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--smoke", action="store_true", help="tiny data, seconds not minutes")
     p.add_argument("--results", type=Path, default=HERE / "results")
-    p.add_argument("--scenarios", default=os.environ.get("BENCH_SCENARIOS", "1,2,3,4,5,6"))
+    p.add_argument("--scenarios", default=os.environ.get("BENCH_SCENARIOS", "1,2,3,4,5,6,7"))
     p.add_argument("--repeats", type=int, default=int(os.environ.get("BENCH_REPEATS", "3")))
     args = p.parse_args(argv)
     wanted = [s.strip() for s in args.scenarios.split(",") if s.strip()]

@@ -543,6 +543,44 @@ def _bk_result(data: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def s7_many_series(ctx: Ctx) -> dict[str, Any]:
+    patients = 2 if ctx.smoke else 100
+    spec = {
+        "name": "many-series",
+        "collections": ["SIM-MANY-SR"],
+        "patients": [patients],
+        "series_per_study": [4, 4],
+        "instances_per_series": [2, 2],
+        "rows": 64,
+        "cols": 64,
+    }
+    base, cfg = _setup(ctx, "s7", {"spec": spec, "seed": 7, "warm": True})
+    with simulator(ctx.python, cfg, base / "logs" / "sim.log") as root:
+        truth, listing = _load(base)
+        uids = _bench_uids(listing)
+        tools = available(
+            ctx,
+            [
+                mirror_tool(ctx),
+                aria2c_tool(ctx, listing) if ctx.aria2c else None,
+                tcia_utils_tool(ctx, CONCURRENCY) if ctx.has_tcia_utils else None,
+                naive_tool(ctx),
+            ],
+        )
+        rows = measure_downloads(ctx, base, root, tools, truth, uids)
+    return {
+        "id": "7",
+        "title": f"Many small series: {len(uids)} series of 2 instances of 64x64 (loopback)",
+        "params": {"series": len(uids), "payload_bytes": _payload(truth, uids)},
+        "notes": [
+            "No latency: this measures what each series costs (its ZIP request, its folder, "
+            "its records), as in collections of many one- or two-object series (SR, SEG, "
+            "RTSTRUCT, CR). A series/s column would read series ÷ wall s."
+        ],
+        "rows": rows,
+    }
+
+
 SCENARIOS: dict[str, Callable[[Ctx], dict[str, Any]]] = {
     "1": s1_wan,
     "2": s2_loopback,
@@ -550,6 +588,7 @@ SCENARIOS: dict[str, Callable[[Ctx], dict[str, Any]]] = {
     "4": s4_memory,
     "5": s5_planning,
     "6": s6_bookkeeping,
+    "7": s7_many_series,
 }
 
 __all__ = ["SCENARIOS", "Ctx"]

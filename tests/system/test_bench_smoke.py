@@ -22,12 +22,12 @@ def test_bench_harness_smoke(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BENCH_")}
     env["BENCH_TOOLS"] = "tcia-mirror,naive"
     cmd = [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--smoke", "--repeats", "1"]
-    cmd += ["--scenarios", "1,2,3,4,5,6", "--results", str(tmp_path)]
+    cmd += ["--scenarios", "1,2,3,4,5,6,7", "--results", str(tmp_path)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, check=False)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
 
     summary = json.loads((tmp_path / "latest.json").read_text())
-    assert [s["id"] for s in summary["scenarios"]] == ["1", "2", "3", "4", "5", "6"]
+    assert [s["id"] for s in summary["scenarios"]] == ["1", "2", "3", "4", "5", "6", "7"]
     for scenario in summary["scenarios"]:
         assert "error" not in scenario, scenario.get("error")
         keys = {row["key"] for row in scenario["rows"]}
