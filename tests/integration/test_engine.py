@@ -337,3 +337,31 @@ async def test_series_are_made_ready_several_at_once(
     assert report.ok, report.problems
     assert dicom_files(tmp_path) == ground_truth_files(sim, uids)
     assert most == min(len(uids), run.PREPARE_AHEAD)
+
+
+async def test_each_collections_license_is_looked_at_once_a_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every ZIP carries its collection's LICENSE; the file is written (or found written) once
+    a run, not once a series."""
+    from tcia_mirror.engine.pipeline import Fetcher  # noqa: PLC0415
+
+    looked: list[str] = []
+    write = Fetcher._write_license
+
+    def counted(self: Fetcher, work, text: bytes) -> None:  # type: ignore[no-untyped-def]
+        looked.append(work.collection)
+        write(self, work, text)
+
+    monkeypatch.setattr(Fetcher, "_write_license", counted)
+    async with running_sim() as sim:
+        uids = [s.series_uid for s in sim.dataset.series]
+        colls = {s.collection for s in sim.dataset.series}
+        assert len(uids) > len(colls)  # some collection has several series
+        report = await Mirror(tmp_path, config_for(sim)).download(
+            Selection(series=tuple(uids)), DownloadOptions(concurrency=1)
+        )
+    assert report.ok, report.problems
+    assert sorted(looked) == sorted(colls)
+    for c in colls:
+        assert b"SIM-" in (tmp_path / c / "LICENSE").read_bytes()

@@ -231,6 +231,9 @@ class Fetcher:
         self.files_committed = 0
         self.bytes_received = 0  # DICOM bytes, those of discarded transfers taken back
         self._claim_lock = threading.Lock()
+        # collection -> the LICENSE text this run wrote or found in its folder: every ZIP of a
+        # collection carries it, and looking each time cost a thread hop a series
+        self._licenses: dict[str | None, bytes] = {}
         # a test seam: called (in a worker thread) with each file just renamed into place,
         # before the store records it, i.e. in the window a kill -9 can hit
         self._after_rename = after_rename
@@ -495,8 +498,9 @@ class Fetcher:
             for bad, size in fed.crc_bad:
                 self._bytes(-size)
                 work.problem("crc_mismatch", found=bad)
-            if fed.license is not None:
+            if fed.license is not None and self._licenses.get(work.collection) != fed.license:
                 await anyio.to_thread.run_sync(self._write_license, work, fed.license)
+                self._licenses[work.collection] = fed.license
             if fed.md5_list is not None:
                 archive_md5 = parse_md5_csv(fed.md5_list)
             group: list[ZipEntry] = []
