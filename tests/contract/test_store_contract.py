@@ -141,3 +141,17 @@ async def test_two_holders_never_work_the_same_series(open_store, mirror_dir: Pa
         assert taken == {"1.2", "1.3", "1.4", "1.5"}  # every unfinished series, once
         assert await first.claim("w1", 10, 60) == []  # nothing is left to take
         assert await first.live_leases("w1") == (2 if theirs else 0)
+
+
+async def test_count_attempt_keeps_status_and_error(open_store, mirror_dir: Path) -> None:
+    store = await open_store(mirror_dir, create=True)
+    async with store, store.lock():
+        await store.record_plan([plan("1.1")])
+        await store.set_series_status("1.1", "failed", error="missing_instances")
+        await store.count_attempt("1.1")
+        await store.count_attempt("1.1")
+        s = await store.get_series("1.1")
+        assert s is not None and s.attempts == 2
+        assert s.status == "failed" and s.error == "missing_instances"
+        with pytest.raises(Exception, match="not in the plan"):
+            await store.count_attempt("9.9")

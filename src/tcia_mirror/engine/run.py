@@ -348,11 +348,7 @@ class _Round:
         try:
             if job.unit.kind == "archive":
                 w.attempts += 1
-                state = await self.store.get_series(w.uid)  # count the try before a kill
-                if state is not None:
-                    await self.store.set_series_status(
-                        w.uid, state.status, error=state.error, attempt=True
-                    )
+                await self.store.count_attempt(w.uid)  # counted before a kill can stop it
             await self.fetcher.fetch(w, job.unit)  # a refusal of what came is recorded on w
         except (AuthError, UnreachableError, DiskError):
             raise  # the run cannot go on: stop, keep what is committed

@@ -147,6 +147,11 @@ class Store(Protocol):
         rel_dir: str | None = None,
     ) -> None: ...
 
+    async def count_attempt(self, uid: str) -> None:
+        """Count one more archive try of the series (before it is made, so a kill mid-try
+        still counts it); its status and error stay as they are."""
+        ...
+
     async def summary(self) -> dict[str, dict[str, int]]:
         """Totals for status displays: series, instances and bytes, complete and total."""
         ...

@@ -378,6 +378,14 @@ class PostgresStore:
 
         await self._run(op)
 
+    async def count_attempt(self, uid: str) -> None:
+        async def op(conn: Any) -> None:
+            async with conn.transaction():
+                await self._series_id(conn, uid)  # fenced when leased
+                await conn.execute(Q["count_attempt"], {"uid": uid})
+
+        await self._run(op)
+
     # --- queries ------------------------------------------------------------------------------
 
     async def series(self) -> list[SeriesState]:

@@ -192,6 +192,9 @@ UPDATE series SET status = %(status)s, error = %(error)s, attempts = attempts + 
     rel_dir = coalesce(%(rel_dir)s, rel_dir), updated = now()
 WHERE uid = %(uid)s
 
+-- name: count_attempt
+UPDATE series SET attempts = attempts + 1, updated = now() WHERE uid = %(uid)s
+
 -- name: get_meta
 SELECT value FROM meta WHERE key = %(key)s
 

@@ -537,6 +537,16 @@ class StateStore:
             if cur.rowcount == 0:
                 raise StateError(f"series {uid} is not in the plan of {self.mirror_dir}")
 
+    def count_attempt(self, uid: str) -> None:
+        """One more archive try of the series; its status and error are kept."""
+        with self._write() as conn:
+            cur = conn.execute(
+                "UPDATE series SET attempts = attempts + 1, updated = ? WHERE uid = ?",
+                (time.time(), uid),
+            )
+            if cur.rowcount == 0:
+                raise StateError(f"series {uid} is not in the plan of {self.mirror_dir}")
+
     def recount(self) -> None:
         """Rebuild every series' counters from the instance table (repair / after migration)."""
         with self._write() as conn:
@@ -798,6 +808,9 @@ class SqliteStore:
         await self._call(
             self.db.set_series_status, uid, status, error=error, attempt=attempt, rel_dir=rel_dir
         )
+
+    async def count_attempt(self, uid: str) -> None:
+        await self._call(self.db.count_attempt, uid)
 
     async def summary(self) -> dict[str, dict[str, int]]:
         return await self._call(self.db.summary)
