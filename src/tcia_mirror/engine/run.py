@@ -295,36 +295,42 @@ class _Round:
             await self.queue.aclose()
 
     async def _jobs(self, first: list[SeriesState]) -> AsyncGenerator[Job]:
-        """The jobs of each leased series; the next series is leased when the workers have
-        taken these. Up to ``PREPARE_AHEAD`` leased series are made ready at once (their
-        store reads and folder looks overlap), then handed out in plan order."""
-        runner, store = self.runner, self.store
+        """The jobs of each leased series, in plan order; the next series is leased when the
+        workers have taken these. Up to ``PREPARE_AHEAD`` leased series are made ready at once
+        (in the round's task group: their store reads and folder looks overlap), and a series'
+        jobs are handed out as soon as it and those before it are ready."""
         batch = first
         while batch:
-            for at in range(0, len(batch), PREPARE_AHEAD):
-                chunk = batch[at : at + PREPARE_AHEAD]
-                ready: list[list[Job]] = [[] for _ in chunk]
-                async with one_error(), anyio.create_task_group() as tg:
-                    for i, s in enumerate(chunk):
-                        tg.start_soon(self._prepare, s, ready, i)
-                for jobs in ready:
-                    for job in jobs:
+            jobs: dict[int, list[Job]] = {}
+            ready: dict[int, anyio.Event] = {}
+            for i in range(len(batch) + PREPARE_AHEAD):
+                if i < len(batch):  # start making series i ready
+                    ready[i] = anyio.Event()
+                    self.tg.start_soon(self._prepare, batch[i], jobs, i, ready[i])
+                if (j := i - PREPARE_AHEAD + 1) >= 0 and j < len(batch):  # hand series j out
+                    await ready.pop(j).wait()
+                    for job in jobs.pop(j, []):
                         yield job
-            batch = await store.claim(runner.owner, 1, self.opts.lease)
+            batch = await self.store.claim(self.runner.owner, 1, self.opts.lease)
             self.claimed += len(batch)
 
-    async def _prepare(self, s: SeriesState, ready: list[list[Job]], i: int) -> None:
-        """One leased series made ready: its jobs in ``ready[i]`` (none: it is finished)."""
+    async def _prepare(
+        self, s: SeriesState, jobs: dict[int, list[Job]], i: int, ready: anyio.Event
+    ) -> None:
+        """One leased series made ready: its jobs in ``jobs[i]`` (none: it is finished)."""
         runner, store = self.runner, self.store
-        # temp files of a worker that held this series before are no one's now
-        folder = runner.root / (s.rel_dir or s.uid)
-        await anyio.to_thread.run_sync(cleanup_taken_over, folder)
-        w = await runner._work_for(store, s)
-        await runner._adopt(store, w, self.report)
-        self.budget.begin(w)
-        ready[i] = runner._jobs_for(self.source, w, self.opts.mode)
-        if not ready[i]:
-            await runner._finalize(store, w, self.report)
+        try:
+            # temp files of a worker that held this series before are no one's now
+            folder = runner.root / (s.rel_dir or s.uid)
+            await anyio.to_thread.run_sync(cleanup_taken_over, folder)
+            w = await runner._work_for(store, s)
+            await runner._adopt(store, w, self.report)
+            self.budget.begin(w)
+            jobs[i] = runner._jobs_for(self.source, w, self.opts.mode)
+            if not jobs[i]:
+                await runner._finalize(store, w, self.report)
+        finally:
+            ready.set()  # (a failure stops the round through its task group)
 
     async def _wake(self, delay: float, jobs: list[Job]) -> None:
         await self.runner.sleep(delay)
