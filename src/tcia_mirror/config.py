@@ -14,6 +14,7 @@ from tcia_mirror.sources.http import RetryPolicy
 from tcia_mirror.sources.nbia.auth import Credentials
 from tcia_mirror.sources.nbia.clientconfig import ClientConfig
 from tcia_mirror.sources.nbia.profiles import DEFAULT_PROFILE, load_profile
+from tcia_mirror.sources.proxy import ProxyChoice
 
 ENV = {
     "api": "TCIA_API",
@@ -24,6 +25,7 @@ ENV = {
     "token_url": "TCIA_TOKEN_URL",
     "retries": "TCIA_RETRIES",
     "s3_endpoint": "TCIA_S3_ENDPOINT",
+    "proxy": "TCIA_PROXY",  # else HTTPS_PROXY / HTTP_PROXY (see sources/proxy.py)
     "state": "TCIA_STATE",  # the checkpoint store: postgresql://... (default DIR/.tcia-mirror)
 }
 KEYS = tuple(ENV)
@@ -98,5 +100,6 @@ def client_config(settings: Mapping[str, Any], **overrides: Any) -> ClientConfig
         token_url=settings.get("token_url"),
         credentials=creds,
         s3_endpoint=str(s3_endpoint).rstrip("/") if s3_endpoint else None,
+        proxy=ProxyChoice.from_settings(settings.get("proxy")),
     )
     return replace(cfg, **overrides) if overrides else cfg

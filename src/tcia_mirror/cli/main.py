@@ -20,6 +20,7 @@ from tcia_mirror.config import ENV, client_config, read_config_file, resolve
 from tcia_mirror.errors import InputError, TciaMirrorError, first_error, redact, url_passwords
 from tcia_mirror.sources.nbia.clientconfig import validate_param_pairs
 from tcia_mirror.sources.nbia.profiles import available_profiles
+from tcia_mirror.sources.proxy import ProxyChoice
 
 EXIT_INTERRUPTED = 130
 _SECRET_OPTIONS = ("--api-key", "--password")
@@ -84,6 +85,12 @@ def _connection_options() -> argparse.ArgumentParser:
         "--s3-endpoint",
         metavar="URL",
         help="endpoint of every IDC bucket of .s5cmd manifests (env TCIA_S3_ENDPOINT)",
+    )
+    g.add_argument(
+        "--proxy",
+        metavar="URL",
+        help="HTTP proxy for every request, http://[user:password@]host:port (env TCIA_PROXY; "
+        "else HTTPS_PROXY/HTTP_PROXY; NO_PROXY honoured)",
     )
     g.add_argument("--api-key", metavar="KEY", help="API key (env TCIA_API_KEY)")
     g.add_argument("--user", metavar="NAME", help="user for OAuth profiles (env TCIA_USER)")
@@ -224,11 +231,16 @@ def _secrets(args: argparse.Namespace) -> tuple[str | None, ...]:
         settings = resolve(vars(args))
     except TciaMirrorError:
         settings = {}
+    try:
+        proxies = ProxyChoice.from_settings(settings.get("proxy")).secrets()
+    except TciaMirrorError:  # a malformed proxy: its URL's password is redacted as any URL's
+        proxies = ()
     return (
         settings.get("api_key"),
         settings.get("password"),
         getattr(args, "api_key", None),
         getattr(args, "password", None),
+        *proxies,
     )
 
 

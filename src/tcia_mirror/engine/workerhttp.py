@@ -81,13 +81,18 @@ class _TlsConnection(http.client.HTTPConnection):
         self._context = context
 
     def connect(self) -> None:
-        super().connect()
-        self.sock = self._context.wrap_socket(self.sock, server_hostname=self.host)
+        super().connect()  # through a proxy: connects to it, then CONNECT (``set_tunnel``)
+        host = self._tunnel_host or self.host  # type: ignore[attr-defined]
+        self.sock = self._context.wrap_socket(self.sock, server_hostname=host)
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:
     parts = urllib.parse.urlsplit(url)
     return (parts.scheme.lower(), (parts.hostname or "").lower(), parts.port)
+
+
+# (scheme, host, port, proxy): connections are pooled per origin and per proxy
+_Key = tuple[str, str, int, str | None]
 
 
 @dataclass(slots=True)
@@ -96,7 +101,7 @@ class Answer:
 
     conn: http.client.HTTPConnection
     resp: http.client.HTTPResponse
-    key: tuple[str, str, int]
+    key: _Key
 
     @property
     def headers(self) -> dict[str, str]:
@@ -107,21 +112,32 @@ class Answer:
 class Pool:
     """Idle keep-alive connections per origin, shared by the worker's stream threads."""
 
-    idle: dict[tuple[str, str, int], list[http.client.HTTPConnection]] = field(default_factory=dict)
+    idle: dict[_Key, list[http.client.HTTPConnection]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     _tls: ssl.SSLContext | None = None
 
-    def _new(self, key: tuple[str, str, int], timeout: float | None) -> http.client.HTTPConnection:
-        scheme, host, port = key
-        if scheme == "https":
-            if self._tls is None:
-                import ssl  # noqa: PLC0415 - at the first https connection: see the module doc
+    def _new(self, key: _Key, req: Request) -> http.client.HTTPConnection:
+        """A connection to ``key``'s origin; through its proxy, to the proxy (an https origin
+        is then tunnelled with ``CONNECT``, carrying the proxy's credentials)."""
+        scheme, host, port, proxy = key
+        timeout = req.connect_timeout
+        to_host, to_port = host, port
+        if proxy is not None:
+            parts = urllib.parse.urlsplit(proxy)
+            to_host, to_port = parts.hostname or "", parts.port or 80
+        if scheme != "https":
+            return http.client.HTTPConnection(to_host, to_port, timeout=timeout)
+        if self._tls is None:
+            import ssl  # noqa: PLC0415 - at the first https connection: see the module doc
 
-                self._tls = ssl.create_default_context()  # verified, as the parent's session
-            return _TlsConnection(host, port, timeout=timeout, context=self._tls)
-        return http.client.HTTPConnection(host, port, timeout=timeout)
+            self._tls = ssl.create_default_context()  # verified, as the parent's session
+        conn = _TlsConnection(to_host, to_port, timeout=timeout, context=self._tls)
+        if proxy is not None:
+            auth = {"Proxy-Authorization": req.proxy_auth} if req.proxy_auth else None
+            conn.set_tunnel(host, port, headers=auth)
+        return conn
 
-    def _take(self, key: tuple[str, str, int]) -> http.client.HTTPConnection | None:
+    def _take(self, key: _Key) -> http.client.HTTPConnection | None:
         with self.lock:
             conns = self.idle.get(key)
             return conns.pop() if conns else None
@@ -166,11 +182,15 @@ class Pool:
         if scheme not in ("http", "https"):
             raise http.client.InvalidURL(f"not an HTTP URL: {scheme}")
         port = parts.port or (443 if scheme == "https" else 80)
-        key = (scheme, parts.hostname or "", port)
+        key = (scheme, parts.hostname or "", port, req.proxy)
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        if req.proxy is not None and scheme == "http":  # the whole URL, to the proxy
+            target = f"http://{parts.netloc.rpartition('@')[2]}{target}"
+            if req.proxy_auth:
+                headers = {**headers, "Proxy-Authorization": req.proxy_auth}
         pooled = self._take(key)
         while True:
-            conn = pooled or self._new(key, req.connect_timeout)
+            conn = pooled or self._new(key, req)
             started.append(conn)
             try:
                 if conn.sock is None:

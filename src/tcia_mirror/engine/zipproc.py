@@ -51,6 +51,7 @@ from tcia_mirror.engine.zipwire import (
 from tcia_mirror.errors import BodyCut, DataError, DiskError, TciaMirrorError, TransferError
 from tcia_mirror.fs.atomic import AtomicWriter, host_tag
 from tcia_mirror.sources.nbia.zipstream import ZipLimits
+from tcia_mirror.sources.proxy import Proxy
 
 __all__ = ["LocalZip", "RemoteZip", "ZipWorkers"]
 
@@ -267,6 +268,7 @@ class RemoteZip:
         headers: Mapping[str, str] | None = None,
         connect_timeout: float | None = None,
         read_timeout: float | None = None,
+        proxy: Proxy | None = None,
     ) -> WorkerResponse:
         """Have the worker send a GET; returns once its status and headers came. After a 2xx
         the worker works the body itself (:meth:`body`). Raises ``ConnectionError`` when the
@@ -275,7 +277,14 @@ class RemoteZip:
             raise TransferError(_GONE if self._gone else "the stream ended")
         if params:
             url += ("&" if "?" in url else "?") + urlencode(params)
-        req = Request(url, dict(headers or {}), connect_timeout, read_timeout)
+        req = Request(
+            url,
+            dict(headers or {}),
+            connect_timeout,
+            read_timeout,
+            proxy.url if proxy else None,
+            proxy.authorization if proxy else None,
+        )
         await self._w.send(FETCH, self._sid, pickle.dumps(dataclasses.astuple(req)))
         msg = await self._reply()
         if msg[0] == "status":

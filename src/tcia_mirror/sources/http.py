@@ -21,6 +21,8 @@ from typing import Any, Protocol, TypeVar
 
 import anyio
 
+from tcia_mirror.sources.proxy import Proxy
+
 T = TypeVar("T")
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -51,7 +53,8 @@ class Transport(Protocol):
 
     ``received``: the body's bytes the transport worked so far. An object's body that broke
     off raises :class:`~tcia_mirror.errors.BodyCut` from ``body``; the transport keeps what
-    came, and a ``Range`` request from ``received`` continues it."""
+    came, and a ``Range`` request from ``received`` continues it. ``proxy``: the HTTP proxy
+    the source chose for the URL (:mod:`tcia_mirror.sources.proxy`), or None."""
 
     received: int
 
@@ -63,6 +66,7 @@ class Transport(Protocol):
         headers: Mapping[str, str] | None = None,
         connect_timeout: float | None = None,
         read_timeout: float | None = None,
+        proxy: Proxy | None = None,
     ) -> Response: ...
 
     def body(self, resp: Any, what: str) -> AsyncIterator[Any]:

@@ -96,6 +96,7 @@ def default_source(client: ArchiveClient) -> Source:
     idc = IdcSource(
         lambda: client.session,
         endpoint=getattr(client.config, "s3_endpoint", None),
+        proxy=client.config.proxy,
         retry=client.config.retry,
         max_connections=client.config.max_connections,
         sleep=client._sleep,  # noqa: SLF001 - the run's injectable sleep

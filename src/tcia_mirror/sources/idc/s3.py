@@ -38,6 +38,7 @@ from tcia_mirror.sources.http import (
     real_sleep,
     retrying,
 )
+from tcia_mirror.sources.proxy import PROXY_REFUSED, ProxyChoice, through, via
 
 __all__ = ["ObjectInfo", "S3Client", "s3_error", "split_etag"]
 
@@ -84,6 +85,8 @@ def s3_error(
         )
     elif status == 404:
         err = NotFoundError(f"{what}: not in the bucket (404{said}); check the manifest")
+    elif status == 407:
+        err = AuthError(f"{what}: {PROXY_REFUSED}")
     elif status == 429 or code == "SlowDown":
         err = RateLimitedError(
             f"{what}: the bucket is throttling us ({status}{said}) and kept doing so; "
@@ -111,8 +114,10 @@ class S3Client:
         limiter: AdaptiveLimiter | None = None,
         sleep: Sleep = real_sleep,
         rng: random.Random | None = None,
+        proxy: ProxyChoice | None = None,
     ) -> None:
         self._session = session
+        self._proxy = proxy or ProxyChoice()
         self.retry = retry or RetryPolicy()
         self.limiter = limiter or AdaptiveLimiter(16)
         self._sleep = sleep
@@ -178,10 +183,12 @@ class S3Client:
         what: str,
         transport: Transport | None = None,
     ) -> Response:
+        proxy = self._proxy.for_url(url)
+
         async def send() -> Response:
             session = self._session()
             if transport is None:
-                return await session.get(url, headers=headers, params=params)
+                return await session.get(url, params=params, **via(proxy, url, headers))
             timeout = session.timeout
             return await transport.get(
                 url,
@@ -189,6 +196,7 @@ class S3Client:
                 headers=headers,
                 connect_timeout=timeout.connect,
                 read_timeout=timeout.sock_read,
+                proxy=proxy,
             )
 
         async def attempt() -> Response | Failed:
@@ -198,8 +206,8 @@ class S3Client:
             except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
                 return Failed(
                     UnreachableError(
-                        f"{what}: the bucket endpoint did not answer ({type(exc).__name__}); "
-                        "check --s3-endpoint and your network"
+                        f"{what}: the bucket endpoint did not answer ({type(exc).__name__})"
+                        f"{through(proxy)}; check --s3-endpoint and your network"
                     )
                 )
             if resp.status < 300:

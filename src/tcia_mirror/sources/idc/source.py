@@ -41,6 +41,7 @@ from tcia_mirror.sources.base import FetchUnit, Mode, PlanResult, SeriesView
 from tcia_mirror.sources.http import AdaptiveLimiter, RetryPolicy, Sleep, Transport, real_sleep
 from tcia_mirror.sources.idc.manifest import BucketRef, endpoint_for
 from tcia_mirror.sources.idc.s3 import ObjectInfo, S3Client, split_etag
+from tcia_mirror.sources.proxy import ProxyChoice
 
 if TYPE_CHECKING:
     import pydicom
@@ -204,6 +205,7 @@ class IdcSource:
         max_connections: int = 16,
         sleep: Sleep = real_sleep,
         rng: random.Random | None = None,
+        proxy: ProxyChoice | None = None,
     ) -> None:
         self.endpoint = endpoint.rstrip("/") if endpoint else None
         self.s3 = S3Client(
@@ -212,6 +214,7 @@ class IdcSource:
             limiter=AdaptiveLimiter(max_connections),
             sleep=sleep,
             rng=rng or random.Random(),
+            proxy=proxy,
         )
         self._endpoints: dict[str, str] = {}  # bucket -> the endpoint a manifest header named
         self._expect: dict[str, ObjectInfo] = {}  # object key -> what the listing said
@@ -499,4 +502,4 @@ class IdcSource:
     def retryable(self, exc: BaseException) -> bool:
         if isinstance(exc, DataError | TransferError):
             return True
-        return isinstance(exc, RemoteError) and exc.status not in (400, 401, 403, 404)
+        return isinstance(exc, RemoteError) and exc.status not in (400, 401, 403, 404, 407)

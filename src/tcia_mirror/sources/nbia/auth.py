@@ -12,6 +12,7 @@ from urllib.parse import urljoin
 import anyio
 
 from tcia_mirror.errors import AuthError, ProtocolError, ServerError, UnreachableError, redact
+from tcia_mirror.sources.proxy import PROXY_REFUSED, ProxyChoice, via
 
 if TYPE_CHECKING:
     import aiohttp
@@ -53,8 +54,10 @@ class TokenManager:
         client_id: str = "NBIA",
         guest_user: str | None = "nbia_guest",
         clock: Callable[[], float] = time.monotonic,
+        proxy: ProxyChoice | None = None,
     ) -> None:
         self.token_url = token_url
+        self._proxy = proxy.for_url(token_url) if proxy is not None else None
         self._creds = credentials
         self._client_id = client_id
         self._user = credentials.user or guest_user or ""
@@ -107,7 +110,9 @@ class TokenManager:
 
         started = self._clock()
         try:
-            async with session.post(self.token_url, data=form) as resp:
+            async with session.post(
+                self.token_url, data=form, **via(self._proxy, self.token_url)
+            ) as resp:
                 body = await resp.read()
                 status = resp.status
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -115,6 +120,8 @@ class TokenManager:
                 f"token endpoint {self.token_url} unreachable ({type(exc).__name__}); "
                 "check --token-url and your network"
             ) from None
+        if status == 407:
+            raise AuthError(f"token endpoint {self.token_url}: {PROXY_REFUSED}", status=407)
         if status in (400, 401, 403):
             detail = _oauth_error(body)
             raise AuthError(

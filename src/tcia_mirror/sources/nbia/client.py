@@ -54,6 +54,7 @@ from tcia_mirror.sources.nbia.convert import (
 from tcia_mirror.sources.nbia.formats import parse_rows
 from tcia_mirror.sources.nbia.models import Patient, Series, SeriesSize, Study
 from tcia_mirror.sources.nbia.profiles import EndpointSpec
+from tcia_mirror.sources.proxy import PROXY_REFUSED, through, via
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +105,8 @@ def error_for_status(
         err = AuthError(f"{endpoint}: the archive refused access ({status}{said}); {hint}")
     elif status == 400:
         err = BadRequestError(f"{endpoint}: the archive rejected the request (400{said})")
+    elif status == 407:
+        err = AuthError(f"{endpoint}: {PROXY_REFUSED}")
     elif status == 404:
         err = NotFoundError(
             f"{endpoint}: not found on the archive (404{said}); check --api and --base-url"
@@ -156,6 +159,7 @@ class ArchiveClient:
                 self.config.credentials,
                 client_id=self.profile.client_id,
                 guest_user=self.profile.guest_user,
+                proxy=self.config.proxy,
             )
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -190,9 +194,10 @@ class ArchiveClient:
         return self._session
 
     def secrets(self) -> tuple[str | None, ...]:
+        proxies = self.config.proxy.secrets()
         if self._tokens is not None:
-            return self._tokens.secrets()
-        return self.config.credentials.secrets()
+            return (*self._tokens.secrets(), *proxies)
+        return (*self.config.credentials.secrets(), *proxies)
 
     def set_concurrency(self, n: int) -> None:
         """Change how many requests may run at once (e.g. wide for planning, then transfers)."""
@@ -252,14 +257,16 @@ class ArchiveClient:
     async def _send(
         self, transport: Transport | None, url: str, query: dict[str, str], headers: dict[str, str]
     ) -> Any:
+        proxy = self.config.proxy.for_url(url)
         if transport is None:
-            return await self.session.get(url, params=query, headers=headers)
+            return await self.session.get(url, params=query, **via(proxy, url, headers))
         return await transport.get(
             url,
             params=query,
             headers={"User-Agent": USER_AGENT, **headers},
             connect_timeout=self.config.connect_timeout,
             read_timeout=self.config.read_timeout,
+            proxy=proxy,
         )
 
     @asynccontextmanager
@@ -289,7 +296,8 @@ class ArchiveClient:
                     return Failed(
                         UnreachableError(
                             f"{spec.name}: the archive at {self.config.root} did not answer "
-                            f"({type(exc).__name__}); check --base-url and your network"
+                            f"({type(exc).__name__}){through(self.config.proxy.for_url(url))}; "
+                            "check --base-url and your network"
                         )
                     )
                 if resp.status < 300:

@@ -9,6 +9,7 @@ from tcia_mirror.errors import InputError
 from tcia_mirror.sources.http import RetryPolicy
 from tcia_mirror.sources.nbia.auth import Credentials
 from tcia_mirror.sources.nbia.profiles import DEFAULT_PROFILE, Profile, load_profile
+from tcia_mirror.sources.proxy import ProxyChoice
 
 __all__ = ["ClientConfig", "validate_param_pairs"]
 
@@ -26,6 +27,7 @@ class ClientConfig:
     read_timeout: float = 300.0  # between two reads of one response
     max_connections: int = 16  # also the initial request concurrency; lowered on 429
     s3_endpoint: str | None = None  # overrides every IDC bucket's endpoint (--s3-endpoint)
+    proxy: ProxyChoice = field(default_factory=ProxyChoice)  # --proxy, HTTP(S)_PROXY, NO_PROXY
 
     @property
     def root(self) -> str:

@@ -116,7 +116,7 @@ class NbiaSource:
         """Data that failed checks, transfers cut short, and archive errors worth retrying."""
         if isinstance(exc, DataError | TransferError):
             return True
-        return isinstance(exc, RemoteError) and exc.status not in (400, 401, 403, 404)
+        return isinstance(exc, RemoteError) and exc.status not in (400, 401, 403, 404, 407)
 
 
 def answer_source(client: ArchiveClient) -> str:
