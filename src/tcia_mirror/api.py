@@ -23,6 +23,7 @@ from tcia_mirror.sources.base import Mode
 from tcia_mirror.sources.nbia.auth import Credentials
 from tcia_mirror.sources.nbia.client import ClientConfig
 from tcia_mirror.sources.nbia.profiles import DEFAULT_PROFILE, load_profile
+from tcia_mirror.sources.proxy import ProxyChoice
 
 T = TypeVar("T")
 
@@ -61,13 +62,17 @@ def connect(
     user: str | None = None,
     password: str | None = None,
     token_url: str | None = None,
+    proxy: str | None = None,
 ) -> ClientConfig:
-    """A client configuration for one archive dialect (``nbia-v4`` by default)."""
+    """A client configuration for one archive dialect (``nbia-v4`` by default). ``proxy``:
+    an ``http://[user:password@]host:port`` proxy for every request; without it, the
+    environment's ``HTTPS_PROXY``/``HTTP_PROXY`` (and ``NO_PROXY``) apply."""
     return ClientConfig(
         profile=load_profile(api),
         base_url=base_url,
         token_url=token_url,
         credentials=Credentials(api_key=api_key, user=user, password=password),
+        proxy=ProxyChoice.from_settings(proxy),
     )
 
 
@@ -106,7 +111,7 @@ def download(
         series=tuple(series),
         series_files=tuple(series_files),
     )
-    mirror = Mirror(out, config or ClientConfig(), progress=progress)
+    mirror = Mirror(out, config or connect(), progress=progress)
     opts = DownloadOptions(mode=mode, concurrency=concurrency, layout=layout, dry_run=dry_run)
     return run_sync(lambda: mirror.download(None if selection.is_empty() else selection, opts))
 

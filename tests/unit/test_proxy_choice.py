@@ -110,9 +110,17 @@ def test_no_proxy_settings_mean_direct_connections() -> None:
     assert not choice and choice.for_url("https://s3.amazonaws.com/x") is None
 
 
-def test_a_malformed_environment_proxy_is_named() -> None:
-    with pytest.raises(InputError, match="HTTPS_PROXY"):
-        ProxyChoice.from_settings(None, environ={"HTTPS_PROXY": "socks5://x:1"})
+def test_an_environment_proxy_of_another_scheme_is_warned_about_and_not_used(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    env = {"HTTPS_PROXY": "socks5://alice:s3cret@x:1", "HTTP_PROXY": "http://plain:8080"}
+    choice = ProxyChoice.from_settings(None, environ=env)
+    assert choice.for_url("https://archive.example/x") is None  # direct, as before
+    assert choice.for_url("http://archive.example/x") is not None
+    assert "HTTPS_PROXY: only http:// proxies are supported" in caplog.text
+    assert "s3cret" not in caplog.text
+    with pytest.raises(InputError, match="--proxy: only http://"):  # given to us: an error
+        ProxyChoice.from_settings("socks5://x:1", environ={})
 
 
 def test_aiohttp_is_told_where_the_credentials_go() -> None:

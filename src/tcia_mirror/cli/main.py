@@ -20,7 +20,6 @@ from tcia_mirror.config import ENV, client_config, read_config_file, resolve
 from tcia_mirror.errors import InputError, TciaMirrorError, first_error, redact, url_passwords
 from tcia_mirror.sources.nbia.clientconfig import validate_param_pairs
 from tcia_mirror.sources.nbia.profiles import available_profiles
-from tcia_mirror.sources.proxy import ProxyChoice
 
 EXIT_INTERRUPTED = 130
 _SECRET_OPTIONS = ("--api-key", "--password")
@@ -231,8 +230,10 @@ def _secrets(args: argparse.Namespace) -> tuple[str | None, ...]:
         settings = resolve(vars(args))
     except TciaMirrorError:
         settings = {}
+    from tcia_mirror.sources.proxy import ProxyChoice  # noqa: PLC0415 - on an error only
+
     try:
-        proxies = ProxyChoice.from_settings(settings.get("proxy")).secrets()
+        proxies = ProxyChoice.from_settings(settings.get("proxy"), warn=False).secrets()
     except TciaMirrorError:  # a malformed proxy: its URL's password is redacted as any URL's
         proxies = ()
     return (

@@ -10,7 +10,9 @@ credentials (``http://user:password@host:port``) are a secret: they travel only 
 ``Proxy-Authorization`` header to the proxy, and never print (:attr:`Proxy.shown`).
 
 Only ``http://`` proxies are supported (aiohttp speaks plain HTTP to a proxy, and tunnels
-``https://`` targets through it with ``CONNECT``); any other scheme is a one-line error.
+``https://`` targets through it with ``CONNECT``): any other scheme given to ``--proxy`` is a
+one-line error; in an environment variable (shared with other tools) it is warned about and
+not used.
 """
 
 from __future__ import annotations
@@ -113,15 +115,21 @@ class ProxyChoice:
 
     @classmethod
     def from_settings(
-        cls, proxy: str | None, environ: Mapping[str, str] | None = None
+        cls, proxy: str | None, environ: Mapping[str, str] | None = None, *, warn: bool = True
     ) -> ProxyChoice:
         env = os.environ if environ is None else environ
         by_scheme: dict[str, Proxy] = {}
         for scheme, names in _ENV_NAMES.items():
-            for name in names:
-                if env.get(name, "").strip():
-                    by_scheme[scheme] = parse_proxy(env[name], name)
-                    break
+            name = next((n for n in names if env.get(n, "").strip()), None)
+            if name is None:
+                continue
+            try:
+                by_scheme[scheme] = parse_proxy(env[name], name)
+            except InputError as exc:  # set for other tools (socks5://...): said, not fatal
+                if warn:
+                    import logging  # noqa: PLC0415
+
+                    logging.getLogger("tcia_mirror").warning("%s; connecting directly", exc)
         no_proxy = env.get("no_proxy") or env.get("NO_PROXY") or ""
         entries = tuple(e.strip().lower() for e in no_proxy.split(",") if e.strip())
         explicit = parse_proxy(proxy) if proxy else None
