@@ -63,6 +63,8 @@ async def test_a_download_goes_through_the_proxy_with_its_credentials(
         )
         assert report.ok, report.problems
         assert dicom_files(tmp_path) == ground_truth_files(sim, uids)
+        recorded = await Mirror(tmp_path).recorded()  # what resume and sync start from
+    assert "proxy" not in recorded and proxy.url.split("//")[1] not in str(recorded)
     lines = proxy.requests
     # the OAuth token, the plan and every series' ZIP, each as an absolute URL
     assert any(line.startswith(f"POST {sim.root}") and "token" in line for line in lines)
