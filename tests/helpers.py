@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+from tcia_mirror.engine.workerhttp import Pool, Request
 from tcia_mirror.sources.http import RetryPolicy
 from tcia_mirror.sources.nbia.client import ClientConfig
 from tcia_mirror.sources.nbia.profiles import load_profile
@@ -97,3 +98,12 @@ class SimInThread:
         assert self._loop is not None and self._stop is not None
         self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(20)
+
+
+def pool_get(req: Request) -> tuple[int, bytes]:
+    """A ZIP worker's blocking GET (``workerhttp.Pool``, a fresh pool): status and body."""
+    answer = Pool().open(req, [])
+    try:
+        return answer.resp.status, answer.resp.read()
+    finally:
+        answer.conn.close()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import config_for, dicom_files, ground_truth_files, running_sim
+from helpers import config_for, dicom_files, ground_truth_files, pool_get, running_sim
 from proxy_server import ForwardProxy
 from tcia_mirror.engine import pipeline
 from tcia_mirror.engine.mirror import DownloadOptions, Mirror
@@ -212,7 +212,7 @@ async def test_the_workers_reach_an_https_archive_through_a_connect_tunnel(
 
     import anyio  # noqa: PLC0415
 
-    from tcia_mirror.engine.workerhttp import Pool, Request  # noqa: PLC0415
+    from tcia_mirror.engine.workerhttp import Request  # noqa: PLC0415
 
     cert, key = _self_signed(tmp_path)
     monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # the worker's verified context trusts it
@@ -231,15 +231,7 @@ async def test_the_workers_reach_an_https_archive_through_a_connect_tunnel(
     try:
         async with ForwardProxy(auth=AUTH) as proxy:
             req = Request(f"https://localhost:{port}/x?y=1", {}, 5.0, 5.0, proxy.url, AUTH)
-
-            def fetch() -> tuple[int, bytes]:
-                answer = Pool().open(req, [])
-                try:
-                    return answer.resp.status, answer.resp.read()
-                finally:
-                    answer.conn.close()
-
-            status, body = await anyio.to_thread.run_sync(fetch)
+            status, body = await anyio.to_thread.run_sync(pool_get, req)
     finally:
         archive.close()
     assert (status, body) == (200, b"hello")

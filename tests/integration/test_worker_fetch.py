@@ -20,7 +20,7 @@ from typing import Any
 import anyio
 import pytest
 
-from helpers import config_for, dicom_files, ground_truth_files, running_sim
+from helpers import config_for, dicom_files, ground_truth_files, pool_get, running_sim
 from tcia_mirror.engine import pipeline, zipproc
 from tcia_mirror.engine.mirror import DownloadOptions, Mirror
 from tcia_mirror.engine.workerhttp import Pool, Request
@@ -255,15 +255,7 @@ async def test_a_worker_follows_redirects_and_drops_credentials_across_origins()
         app.router.add_get("/second", second)
         async with _serving(app) as url:
             req = Request(f"{url}/first", {"User-Agent": "t", "api_key": "k3y"}, 5.0, 5.0)
-
-            def fetch() -> tuple[int, bytes]:
-                answer = Pool().open(req, [])
-                try:
-                    return answer.resp.status, answer.resp.read()
-                finally:
-                    answer.conn.close()
-
-            assert await anyio.to_thread.run_sync(fetch) == (200, b"the ZIP")
+            assert await anyio.to_thread.run_sync(pool_get, req) == (200, b"the ZIP")
     assert seen["/first"]["api_key"] == seen["/second"]["api_key"] == "k3y"
     assert "api_key" not in seen["/zip"] and seen["/zip"]["User-Agent"] == "t"
 

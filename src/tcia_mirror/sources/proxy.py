@@ -7,7 +7,7 @@ reach them); ``--proxy`` applies to every host ``NO_PROXY`` does not name.
 Both HTTP stacks ask here: the event loop's aiohttp session (per request) and the ZIP workers'
 ``http.client`` (the parent decides and sends the proxy with each request). A proxy's
 credentials (``http://user:password@host:port``) are a secret: they travel only in the
-``Proxy-Authorization`` header to the proxy, and never print (:attr:`Proxy.shown`).
+``Proxy-Authorization`` header to the proxy, and never print (:attr:`Proxy.url` has none).
 
 Only ``http://`` proxies are supported (aiohttp speaks plain HTTP to a proxy, and tunnels
 ``https://`` targets through it with ``CONNECT``): any other scheme given to ``--proxy`` is a
@@ -46,11 +46,6 @@ class Proxy:
     authorization: str | None = field(default=None, repr=False)
     password: str | None = field(default=None, repr=False)  # for redaction only
 
-    @property
-    def shown(self) -> str:
-        """How to name the proxy in a message (never its credentials)."""
-        return self.url
-
     def headers(self) -> dict[str, str]:
         return {"Proxy-Authorization": self.authorization} if self.authorization else {}
 
@@ -73,7 +68,7 @@ def via(proxy: Proxy | None, url: str, headers: Mapping[str, str] | None = None)
 
 def through(proxy: Proxy | None) -> str:
     """For a message about a request that failed: which proxy it went through (no secret)."""
-    return f" through the proxy {proxy.shown} (check --proxy)" if proxy is not None else ""
+    return f" through the proxy {proxy.url} (check --proxy)" if proxy is not None else ""
 
 
 def parse_proxy(text: str, what: str = "--proxy") -> Proxy:
