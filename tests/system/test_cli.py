@@ -162,3 +162,31 @@ def test_unknown_collection_and_unreachable_download(sim: Simulator, tmp_path: P
         "2",
     )
     assert_clean_error(proc, 3)
+
+
+def test_download_and_resume_through_a_proxy(sim: Simulator, tmp_path: Path) -> None:
+    """``--proxy`` (and ``TCIA_PROXY``) carry the CLI's whole run through an authenticating
+    proxy; its password is in no output and no file of the mirror."""
+    import base64  # noqa: PLC0415
+
+    from proxy_server import ProxyInThread  # noqa: PLC0415
+
+    auth = "Basic " + base64.b64encode(b"alice:pr0xy-s3cret").decode()
+    base = sim.base_url("nbia-v4")
+    coll = sim.dataset.series[0].collection
+    out = tmp_path / "m"
+    with ProxyInThread(auth=auth) as proxy:
+        url = proxy.url.replace("http://", "http://alice:pr0xy-s3cret@")
+        r = cli("download", "--collection", coll, "--out", str(out), "--base-url", base,
+                "--proxy", url, "--no-progress")  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        again = cli("resume", "--out", str(out), "--no-progress", env={"TCIA_PROXY": url})
+        assert again.returncode == 0, again.stderr
+    series = [s for s in sim.dataset.series if s.collection == coll]
+    assert len(list(out.rglob("*.dcm"))) == sum(len(s.instances) for s in series)
+    assert sum("getImage" in line for line in proxy.requests) >= len(series)
+    assert proxy.refused == 0 and set(proxy.auth_seen) == {auth}
+    assert "pr0xy-s3cret" not in r.stdout + r.stderr + again.stdout + again.stderr
+    for f in out.rglob("*"):
+        if f.is_file():
+            assert b"pr0xy-s3cret" not in f.read_bytes(), f
