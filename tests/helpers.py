@@ -6,14 +6,17 @@ import asyncio
 import hashlib
 import threading
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
+from typing import Generic, TypeVar
 
 from tcia_mirror.engine.workerhttp import Pool, Request
 from tcia_mirror.sources.http import RetryPolicy
 from tcia_mirror.sources.nbia.client import ClientConfig
 from tcia_mirror.sources.nbia.profiles import load_profile
 from tcia_mirror.testing.simulator import Dataset, DatasetSpec, Faults, Simulator
+
+T = TypeVar("T")
 
 
 @asynccontextmanager
@@ -65,15 +68,17 @@ def temp_files(root: Path) -> list[Path]:
     return [p for p in root.rglob("*.part")]
 
 
-class SimInThread:
-    """A simulator on its own event loop in a background thread (for blocking callers)."""
+class InThread(Generic[T]):
+    """An async context manager entered on its own event loop in a background thread, for
+    blocking callers (the CLI as a subprocess, the library's blocking helpers)."""
 
-    def __init__(self, preset: str = "test", faults: Faults | None = None, **kw: object) -> None:
-        self.sim = Simulator(Dataset(DatasetSpec.preset(preset)), faults=faults, **kw)  # type: ignore[arg-type]
+    def __init__(self, cm: AbstractAsyncContextManager[T]) -> None:
+        self._cm = cm
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._main, daemon=True)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
+        self._value: T | None = None
 
     def _main(self) -> None:
         loop = asyncio.new_event_loop()
@@ -81,23 +86,32 @@ class SimInThread:
 
         async def run() -> None:
             self._stop = asyncio.Event()
-            async with self.sim:
+            async with self._cm as value:
+                self._value = value
                 self._ready.set()
                 await self._stop.wait()
 
         loop.run_until_complete(run())
         loop.close()
 
-    def __enter__(self) -> Simulator:
+    def __enter__(self) -> T:
         self._thread.start()
         if not self._ready.wait(20):
-            raise RuntimeError("simulator did not start")
-        return self.sim
+            raise RuntimeError(f"{type(self._cm).__name__} did not start")
+        assert self._value is not None
+        return self._value
 
     def __exit__(self, *exc: object) -> None:
         assert self._loop is not None and self._stop is not None
         self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(20)
+
+
+def SimInThread(  # noqa: N802 - reads as the class it was
+    preset: str = "test", faults: Faults | None = None, **kw: object
+) -> InThread[Simulator]:
+    """A simulator on its own event loop in a background thread (for blocking callers)."""
+    return InThread(Simulator(Dataset(DatasetSpec.preset(preset)), faults=faults, **kw))  # type: ignore[arg-type]
 
 
 def pool_get(req: Request) -> tuple[int, bytes]:

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 from types import TracebackType
 from urllib.parse import urlsplit
 
-__all__ = ["ForwardProxy", "ProxyInThread"]
+__all__ = ["ForwardProxy"]
 
 
 class ForwardProxy:
@@ -129,39 +128,3 @@ async def _pipe_both(
         await asyncio.gather(pipe(a_r, b_w), pipe(b_r, a_w))
     finally:
         b_w.close()
-
-
-class ProxyInThread:
-    """A :class:`ForwardProxy` on its own event loop in a background thread (for tests that
-    run the CLI as a subprocess)."""
-
-    def __init__(self, *, auth: str | None = None) -> None:
-        self.proxy = ForwardProxy(auth=auth)
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._main, daemon=True)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-
-    def _main(self) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-
-        async def run() -> None:
-            self._stop = asyncio.Event()
-            async with self.proxy:
-                self._ready.set()
-                await self._stop.wait()
-
-        loop.run_until_complete(run())
-        loop.close()
-
-    def __enter__(self) -> ForwardProxy:
-        self._thread.start()
-        if not self._ready.wait(20):
-            raise RuntimeError("the proxy did not start")
-        return self.proxy
-
-    def __exit__(self, *exc: object) -> None:
-        assert self._loop is not None and self._stop is not None
-        self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(20)

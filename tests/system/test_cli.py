@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -11,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import SimInThread
+from helpers import InThread, SimInThread
+from proxy_server import ForwardProxy
 from tcia_mirror.testing.simulator import Simulator
 
 
@@ -167,15 +169,11 @@ def test_unknown_collection_and_unreachable_download(sim: Simulator, tmp_path: P
 def test_download_and_resume_through_a_proxy(sim: Simulator, tmp_path: Path) -> None:
     """``--proxy`` (and ``TCIA_PROXY``) carry the CLI's whole run through an authenticating
     proxy; its password is in no output and no file of the mirror."""
-    import base64  # noqa: PLC0415
-
-    from proxy_server import ProxyInThread  # noqa: PLC0415
-
     auth = "Basic " + base64.b64encode(b"alice:pr0xy-s3cret").decode()
     base = sim.base_url("nbia-v4")
     coll = sim.dataset.series[0].collection
     out = tmp_path / "m"
-    with ProxyInThread(auth=auth) as proxy:
+    with InThread(ForwardProxy(auth=auth)) as proxy:
         url = proxy.url.replace("http://", "http://alice:pr0xy-s3cret@")
         r = cli("download", "--collection", coll, "--out", str(out), "--base-url", base,
                 "--proxy", url, "--no-progress")  # fmt: skip
